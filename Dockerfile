@@ -1,0 +1,12 @@
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY campusguard campusguard
+COPY contract contract
+COPY drivers drivers
+COPY edge edge
+COPY gateway gateway
+COPY simulators simulators
+RUN pip install --no-cache-dir ".[postgres]"
+RUN mkdir -p /var/lib/campusguard && chown nobody /var/lib/campusguard
+USER nobody

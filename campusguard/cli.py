@@ -1,0 +1,180 @@
+"""The ``campusguard`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from contract.config import ConfigError, EdgeConfig, GatewayConfig, load_config
+
+app = typer.Typer(
+    help="CampusGuard: panic buttons, bollards and cameras on campus, relayed to the police.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+sim_app = typer.Typer(help="Simulated devices and platforms that speak the real protocols.")
+config_app = typer.Typer(help="Check configuration files and export their JSON Schema.")
+app.add_typer(sim_app, name="sim")
+app.add_typer(config_app, name="config")
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML config file")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")]
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # Their INFO is per-connection chatter; ours says what matters.
+    for noisy in ("pymodbus", "amqtt", "transitions", "uvicorn.access", "aiosqlite", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _load(path: Path, model: Any) -> Any:
+    try:
+        return load_config(path, model)
+    except ConfigError as exc:
+        typer.echo(f"campusguard: config error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _run(coro: Any) -> None:
+    try:
+        asyncio.run(coro)
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def edge(config: ConfigOpt, verbose: Verbose = False) -> None:
+    """Run a campus edge daemon: poll devices, queue events on disk, send them over MQTT."""
+    cfg = _load(config, EdgeConfig)
+    _logging(verbose)
+    from edge.daemon import run_forever
+
+    _run(run_forever(cfg))
+
+
+@app.command()
+def gateway(config: ConfigOpt, verbose: Verbose = False) -> None:
+    """Run the central gateway: ingest, store, relay alarms to the police, serve the API."""
+    cfg = _load(config, GatewayConfig)
+    _logging(verbose)
+    from gateway.service import run_forever
+
+    _run(run_forever(cfg))
+
+
+@app.command()
+def demo(
+    duration: Annotated[
+        float | None, typer.Option(help="run this many seconds, then stop cleanly")
+    ] = None,
+    data_dir: Annotated[Path, typer.Option(help="where the demo keeps its files")] = Path(
+        "var/demo"
+    ),
+    broker_port: Annotated[int, typer.Option(help="embedded broker port (0: free port)")] = 0,
+    http_port: Annotated[int, typer.Option(help="gateway API port (0: free port)")] = 8080,
+    verbose: Verbose = False,
+) -> None:
+    """A whole campus and centre on this machine: broker, simulators, edge, gateway, police."""
+    _logging(verbose)
+    from campusguard.demo import run_demo
+
+    _run(run_demo(data_dir, duration, broker_port, http_port))
+
+
+@sim_app.command("modbus")
+def sim_modbus(
+    profile: Annotated[str, typer.Option(help="module profile to emulate")] = "adam-6050",
+    host: str = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Modbus TCP port")] = 5020,
+    http_port: Annotated[int | None, typer.Option(help="HTTP control port")] = 8021,
+    verbose: Verbose = False,
+) -> None:
+    """A Modbus TCP DI module whose buttons can be pressed over HTTP."""
+    _logging(verbose)
+    from simulators.modbus_io import run_modbus_sim
+
+    _run(run_modbus_sim(profile=profile, host=host, port=port, http_port=http_port))
+
+
+@sim_app.command("press")
+def sim_press(
+    channel: Annotated[int, typer.Argument(help="input channel, from 0")] = 0,
+    ms: Annotated[int, typer.Option(help="press length in milliseconds")] = 200,
+    url: Annotated[str, typer.Option(help="the simulator's HTTP control URL")] = (
+        "http://127.0.0.1:8021"
+    ),
+) -> None:
+    """Press a button on a running Modbus simulator."""
+    import httpx
+
+    try:
+        r = httpx.post(f"{url}/press", params={"channel": channel, "ms": ms}, timeout=5)
+    except httpx.HTTPError as exc:
+        typer.echo(f"campusguard: cannot reach the simulator at {url}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(r.text)
+    if r.status_code >= 400:
+        raise typer.Exit(1)
+
+
+@sim_app.command("police")
+def sim_police(
+    host: str = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP and UDP port")] = 12000,
+    key: Annotated[
+        str | None, typer.Option(help="AES key (hex); default env CG_DC09_KEY if set")
+    ] = None,
+    log_file: Annotated[Path | None, typer.Option(help="JSON lines of what arrived")] = None,
+    verbose: Verbose = False,
+) -> None:
+    """A DC-09 alarm receiving platform: checks CRC, length, time window, decrypts, ACKs."""
+    _logging(verbose)
+    from simulators.police import serve_forever
+
+    key = key or os.environ.get("CG_DC09_KEY") or None
+    _run(serve_forever(host, port, key=key, key_encoding="hex", log_path=log_file))
+
+
+@config_app.command("check")
+def config_check(
+    path: Path,
+    kind: Annotated[str, typer.Option(help="edge or gateway")] = "edge",
+) -> None:
+    """Validate a config file; exit 2 with one clear message if it is wrong."""
+    model = EdgeConfig if kind == "edge" else GatewayConfig
+    _load(path, model)
+    typer.echo(f"{path}: ok")
+
+
+def schemas() -> dict[str, dict[str, Any]]:
+    return {
+        "edge.schema.json": EdgeConfig.model_json_schema(),
+        "gateway.schema.json": GatewayConfig.model_json_schema(),
+    }
+
+
+@config_app.command("schema")
+def config_schema(
+    out: Annotated[Path, typer.Option(help="folder to write the JSON Schemas to")] = Path("config"),
+) -> None:
+    """Export the config JSON Schemas (editors use them to check YAML as you type)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, schema in schemas().items():
+        (out / name).write_text(json.dumps(schema, indent=2, ensure_ascii=False) + "\n")
+        typer.echo(f"wrote {out / name}")
+
+
+if __name__ == "__main__":
+    app()

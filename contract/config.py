@@ -1,0 +1,408 @@
+"""Configuration files: strict pydantic models, one loader, one clear error.
+
+A bad config stops the program with one message naming the file, the key and what is allowed.
+Secrets never live in the file: a value of the form ``${NAME}`` is read from the environment, and
+``*_file`` keys read a secret file (as Docker and systemd credentials provide them).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from contract.models import ID_PATTERN, EventKind, Geo
+from contract.topics import CAMPUS_ID_PATTERN, DEFAULT_SHARE_GROUP
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says where and why."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Ident = Annotated[str, Field(pattern=ID_PATTERN)]
+
+
+class TlsConfig(Strict):
+    ca_file: Path | None = Field(None, description="CA bundle that signed the broker")
+    cert_file: Path | None = Field(None, description="client certificate (mutual TLS)")
+    key_file: Path | None = Field(None, description="client private key")
+    insecure: bool = Field(False, description="skip host name check (lab use only)")
+
+
+class MqttConfig(Strict):
+    host: str = Field("127.0.0.1", description="broker host")
+    port: int = Field(1883, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = Field(None, description="use ${ENV} or password_file")
+    password_file: Path | None = None
+    client_id: str | None = Field(None, description="default: derived from campus/edge id")
+    keepalive: int = Field(15, ge=2, le=3600, description="seconds; the last will fires after 1.5x")
+    tls: TlsConfig | None = None
+    connect_timeout: float = Field(5.0, gt=0, le=120)
+
+    def secret(self) -> str | None:
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is not None:
+            return self.password_file.read_text(encoding="utf-8").strip()
+        return None
+
+
+class ZoneConfig(Strict):
+    id: Ident
+    name: str = ""
+    location: str = Field("", description="where it is, as a guard or policeman would say it")
+    geo: Geo | None = None
+
+
+class CampusConfig(Strict):
+    id: Annotated[str, Field(pattern=CAMPUS_ID_PATTERN, description="topic-safe campus id")]
+    name: str
+    type: Literal["school", "kindergarten", "other"] = "school"
+    address: str = ""
+    geo: Geo | None = None
+
+
+# --- edge -----------------------------------------------------------------------------------
+
+InputKind = Literal["panic", "duress", "holdup", "fire", "intrusion", "tamper"]
+InputMode = Literal["state", "latch", "counter", "eol"]
+
+
+class EolConfig(Strict):
+    scheme: Literal["galaxy", "ds2", "dsc"] = Field(
+        "galaxy", description="resistor scheme: galaxy 1k+1k, ds2 1k+5.6k, dsc single 5.6k"
+    )
+    samples: int = Field(3, ge=1, le=50, description="consecutive samples before a change")
+
+
+class InputConfig(Strict):
+    channel: int = Field(ge=0, le=255, description="channel number on the module, from 0")
+    id: Ident
+    kind: InputKind = "panic"
+    mode: InputMode = Field(
+        "latch",
+        description="state: plain polling; latch/counter: never miss a press shorter than "
+        "the poll (module latches or counts); eol: supervised loop resistance",
+    )
+    active: Literal["high", "low"] = Field("high", description="low for normally-closed")
+    debounce: float = Field(0.0, ge=0, le=10, description="seconds a change must hold")
+    zone: Ident | None = None
+    location: str = ""
+    alarm_zone: int | None = Field(
+        None, ge=1, le=999, description="zone number the police platform shows (Contact ID)"
+    )
+    eol: EolConfig | None = None
+    real_during_drill: bool = Field(
+        False, description="alarms from this input stay real even while a drill runs"
+    )
+
+    @model_validator(mode="after")
+    def _eol_needs_mode(self) -> InputConfig:
+        if self.eol is not None and self.mode != "eol":
+            raise ValueError("'eol' settings need mode: eol")
+        return self
+
+
+class SerialConfig(Strict):
+    port: str = Field(description="e.g. /dev/ttyUSB0")
+    baudrate: int = Field(9600, ge=1200, le=921600)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+
+
+class ModbusDeviceConfig(Strict):
+    id: Ident
+    type: Literal["modbus_di"] = "modbus_di"
+    profile: str = Field(description="built-in profile name (e.g. adam-6050) or a YAML path")
+    transport: Literal["tcp", "rtu"] = "tcp"
+    host: str | None = None
+    port: int = Field(502, ge=1, le=65535)
+    serial: SerialConfig | None = None
+    unit: int | None = Field(None, ge=0, le=247, description="default: the profile's")
+    poll_interval: float = Field(0.05, ge=0.005, le=60, description="seconds")
+    timeout: float = Field(0.5, ge=0.01, le=30, description="seconds per request")
+    offline_after: int = Field(3, ge=1, le=100, description="failed polls before offline")
+    zone: Ident | None = None
+    location: str = ""
+    inputs: list[InputConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _transport(self) -> ModbusDeviceConfig:
+        if self.transport == "tcp" and not self.host:
+            raise ValueError("transport tcp needs 'host'")
+        if self.transport == "rtu" and self.serial is None:
+            raise ValueError("transport rtu needs 'serial'")
+        ids = [i.id for i in self.inputs]
+        if len(ids) != len(set(ids)):
+            raise ValueError("input ids must be unique")
+        return self
+
+
+class EdgeNode(Strict):
+    id: Ident = "edge"
+    data_dir: Path = Field(Path("var/edge"), description="outbox and state live here")
+    status_interval: float = Field(
+        30.0, ge=1, le=3600, description="seconds between device status refreshes"
+    )
+
+
+class EdgeConfig(Strict):
+    """One campus edge: its campus, broker and devices."""
+
+    campus: CampusConfig
+    edge: EdgeNode = EdgeNode()
+    mqtt: MqttConfig = MqttConfig()
+    zones: list[ZoneConfig] = []
+    devices: list[ModbusDeviceConfig] = []
+
+    @model_validator(mode="after")
+    def _refs(self) -> EdgeConfig:
+        zones = {z.id for z in self.zones}
+        ids = [d.id for d in self.devices]
+        if len(ids) != len(set(ids)):
+            raise ValueError(f"device ids must be unique: {sorted(ids)}")
+        for dev in self.devices:
+            for ref in [dev.zone, *(i.zone for i in dev.inputs)]:
+                if ref is not None and ref not in zones:
+                    raise ValueError(
+                        f"device {dev.id!r} names zone {ref!r}; defined zones: {sorted(zones)}"
+                    )
+        return self
+
+
+# --- gateway --------------------------------------------------------------------------------
+
+
+class DatabaseConfig(Strict):
+    url: str = Field(
+        "sqlite+aiosqlite:///var/gateway/campusguard.db",
+        description="SQLAlchemy async URL: sqlite+aiosqlite:///path or postgresql+asyncpg://...",
+    )
+
+    @model_validator(mode="after")
+    def _driver(self) -> DatabaseConfig:
+        if not self.url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("url must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+        return self
+
+
+class Dc09Path(Strict):
+    host: str
+    port: int = Field(ge=1, le=65535)
+    transport: Literal["tcp", "udp"] = "tcp"
+
+
+class Dc09Code(Strict):
+    cid: int = Field(ge=100, le=999, description="Contact ID event code")
+    sia: Annotated[str, Field(pattern=r"^[A-Z]{2}$", description="SIA DC-03 code (new event)")]
+    sia_restore: Annotated[str | None, Field(pattern=r"^[A-Z]{2}$")] = None
+    relay: bool = Field(True, description="send this kind to the police at all")
+
+
+def _default_codes() -> dict[str, Dc09Code]:
+    return {
+        "panic": Dc09Code(cid=120, sia="PA", sia_restore="PH"),
+        "duress": Dc09Code(cid=121, sia="HA", sia_restore="HH"),
+        "holdup": Dc09Code(cid=122, sia="HA", sia_restore="HH"),
+        "fire": Dc09Code(cid=110, sia="FA", sia_restore="FH"),
+        "intrusion": Dc09Code(cid=130, sia="BA", sia_restore="BH"),
+        "tamper": Dc09Code(cid=137, sia="TA", sia_restore="TR"),
+        "trouble": Dc09Code(cid=380, sia="YX", sia_restore="YZ"),
+        "transmission_fault": Dc09Code(cid=350, sia="YC", sia_restore="YK"),
+        "test": Dc09Code(cid=601, sia="RX"),
+    }
+
+
+class Dc09Config(Strict):
+    protocol: Literal["ADM-CID", "SIA-DCS"] = "ADM-CID"
+    receiver: Annotated[str, Field(pattern=r"^[0-9A-Fa-f]{1,6}$")] = "1"
+    prefix: Annotated[str, Field(pattern=r"^[0-9A-Fa-f]{1,6}$")] = "1"
+    primary: Dc09Path
+    backup: Dc09Path | None = None
+    key: SecretStr | None = Field(None, description="AES key: use ${ENV} or key_file")
+    key_file: Path | None = None
+    key_encoding: Literal["ascii", "hex"] = Field(
+        "hex", description="receivers differ: hex 32/48/64 chars, or ASCII 16/24/32 chars"
+    )
+    ack_timeout: float = Field(2.0, gt=0, le=60)
+    attempts: int = Field(3, ge=1, le=20, description="tries per path before failing over")
+    supervision_interval: float = Field(
+        60.0, ge=0, le=86400, description="NULL link test when idle; 0 = off"
+    )
+    supervision_account: Annotated[str | None, Field(pattern=r"^[0-9A-Fa-f]{3,16}$")] = Field(
+        None, description="account in NULL link tests; default: the first campus'"
+    )
+    drill_code: Dc09Code = Field(
+        Dc09Code(cid=601, sia="RX"), description="drill alarms go out as this test code"
+    )
+    codes: dict[EventKind, Dc09Code] = Field(default_factory=_default_codes)
+
+    @model_validator(mode="after")
+    def _merge_defaults(self) -> Dc09Config:
+        merged = {**_default_codes(), **self.codes}
+        object.__setattr__(self, "codes", merged)
+        return self
+
+    def key_text(self) -> str | None:
+        if self.key is not None:
+            return self.key.get_secret_value()
+        if self.key_file is not None:
+            return self.key_file.read_text(encoding="utf-8").strip()
+        return None
+
+
+class CampusAccount(Strict):
+    """A campus as the centre knows it: its alarm account and where it is."""
+
+    id: Annotated[str, Field(pattern=CAMPUS_ID_PATTERN)]
+    name: str = ""
+    account: Annotated[
+        str, Field(pattern=r"^[0-9A-Fa-f]{3,16}$", description="account at the police ARC")
+    ]
+    address: str = ""
+    geo: Geo | None = None
+
+
+class HttpConfig(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535, description="0 picks a free port")
+
+
+class GatewayNode(Strict):
+    id: Ident = "gateway"
+    data_dir: Path = Path("var/gateway")
+    http: HttpConfig | None = HttpConfig()
+    share_group: str | None = Field(
+        DEFAULT_SHARE_GROUP, description="MQTT shared-subscription group; null to disable"
+    )
+
+
+class GatewayConfig(Strict):
+    """The central gateway: broker, database, campuses and the police relay."""
+
+    gateway: GatewayNode = GatewayNode()
+    mqtt: MqttConfig = MqttConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    campuses: list[CampusAccount] = Field(min_length=1)
+    dc09: Dc09Config | None = None
+
+    @model_validator(mode="after")
+    def _unique(self) -> GatewayConfig:
+        ids = [c.id for c in self.campuses]
+        if len(ids) != len(set(ids)):
+            raise ValueError("campus ids must be unique")
+        return self
+
+
+# --- loading --------------------------------------------------------------------------------
+
+_ENV_RE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+
+
+def _expand_env(node: Any, path: tuple[str | int, ...], file: Path) -> Any:
+    if isinstance(node, dict):
+        return {k: _expand_env(v, (*path, k), file) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand_env(v, (*path, i), file) for i, v in enumerate(node)]
+    if isinstance(node, str) and (m := _ENV_RE.match(node)):
+        name = m.group(1)
+        if name not in os.environ:
+            raise ConfigError(
+                f"{file}: {_loc(path)}: environment variable {name} is not set "
+                "(the value refers to it)"
+            )
+        return os.environ[name]
+    return node
+
+
+def _loc(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _model_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> type[BaseModel] | None:
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return None
+        current = _unwrap(field.annotation)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _unwrap(tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (list, typing.Union, types.UnionType, dict):
+        for arg in typing.get_args(tp):
+            inner = _unwrap(arg)
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                return inner
+    return tp
+
+
+def _describe(model: type[BaseModel], err: Any) -> str:
+    loc: tuple[str | int, ...] = tuple(err["loc"])
+    where = _loc(loc)
+    if err["type"] == "extra_forbidden":
+        parent = _model_at(model, loc[:-1])
+        allowed = sorted(parent.model_fields) if parent else []
+        key = str(loc[-1])
+        hint = difflib.get_close_matches(key, allowed, n=1)
+        dym = f"; did you mean '{hint[0]}'?" if hint else ""
+        return f"{where}: unknown key '{key}'{dym} allowed keys here: {', '.join(allowed)}"
+    if err["type"] == "missing":
+        return f"{where}: required key is missing"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return f"{where}: {msg} (got {err.get('input')!r})"
+
+
+def parse_config(data: Any, model: type[M], source: str | Path) -> M:
+    """Validate already-loaded data; raise ConfigError with one clear message."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the file must be a YAML mapping of keys")
+    data = _expand_env(data, (), Path(source))
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        # A typo shows up twice: an unknown key and a missing one. Name the typo first.
+        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        first = _describe(model, errors[0])
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        raise ConfigError(f"{source}: {first}{more}") from None
+
+
+def load_config(path: str | Path, model: type[M]) -> M:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the file: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where}: not valid YAML: {exc}") from None
+    return parse_config(data, model, path)

@@ -1,0 +1,147 @@
+"""Payloads that cross MQTT, validated by pydantic on both sides.
+
+Version 1 of the contract. Every payload carries ``v``; a receiver rejects versions it does not
+know instead of guessing. Examples of each are in PROTOCOL.md.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from ulid import ULID
+
+from contract.topics import CAMPUS_ID_PATTERN
+
+MAX_PAYLOAD_BYTES = 64 * 1024
+"""Anything bigger on the wire is rejected before parsing (a sane event is ~1 KiB)."""
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+
+EventKind = Literal[
+    "panic",  # one-touch emergency button
+    "duress",
+    "holdup",  # silent panic
+    "fire",
+    "intrusion",
+    "tamper",  # enclosure / sensor tamper, EOL short
+    "trouble",  # wire cut, sensor trouble
+    "device_offline",
+    "device_online",
+    "transmission_fault",  # a path to the police or the centre failed
+    "test",  # manual or periodic test signal
+]
+ALARM_KINDS: frozenset[str] = frozenset(
+    {"panic", "duress", "holdup", "fire", "intrusion", "tamper", "trouble", "transmission_fault"}
+)
+"""Kinds that are alarms: on disk with fsync, ahead of everything else in every queue."""
+
+Severity = Literal["critical", "high", "medium", "low", "info"]
+
+AlarmState = Literal[
+    "received",  # stored by a gateway
+    "relaying",  # handed to the police relay
+    "police_received",  # the alarm receiving platform acknowledged it (DC-09 ACK)
+    "police_rejected",  # the platform answered but refused it (DC-09 DUH)
+    "delivery_failed",  # no path answered; the relay keeps trying
+    "guard_acknowledged",
+    "dispatched",
+    "on_scene",
+    "closed",
+]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    """A unique, time-sortable id (ULID, 26 chars)."""
+    return str(ULID())
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Geo(_Model):
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+
+
+DetailValue = str | int | float | bool | None
+
+
+class Event(_Model):
+    """Something that happened on a campus, as the edge saw it."""
+
+    v: Literal[1] = 1
+    id: Annotated[str, Field(min_length=26, max_length=26, description="ULID, sortable")]
+    campus: Annotated[str, Field(pattern=CAMPUS_ID_PATTERN)]
+    edge: Annotated[str, Field(pattern=ID_PATTERN)]
+    seq: Annotated[
+        int, Field(ge=0, description="per-edge sequence number, gapless; 0 = raised centrally")
+    ]
+    ts: datetime = Field(description="time at the edge, UTC")
+    kind: EventKind
+    severity: Severity
+    device: Annotated[str, Field(pattern=ID_PATTERN)]
+    point: Annotated[str | None, Field(pattern=ID_PATTERN)] = None
+    zone: Annotated[str | None, Field(pattern=ID_PATTERN)] = None
+    zone_no: int | None = Field(None, ge=0, le=999, description="zone number for the police")
+    location: Annotated[str | None, Field(max_length=200)] = None
+    geo: Geo | None = None
+    restore: bool = Field(False, description="the condition ended (e.g. button reset)")
+    drill: bool = Field(False, description="raised during a drill: a test, never dispatched")
+    text: Annotated[str, Field(max_length=500)] = ""
+    detail: dict[str, DetailValue] = Field(default_factory=dict, max_length=32)
+
+    @field_validator("ts")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("timestamp must carry a timezone (UTC)")
+        return value.astimezone(UTC)
+
+    @property
+    def is_alarm(self) -> bool:
+        return self.kind in ALARM_KINDS
+
+
+class EdgeState(_Model):
+    """Retained; the broker publishes the offline form as the edge's last will."""
+
+    v: Literal[1] = 1
+    campus: Annotated[str, Field(pattern=CAMPUS_ID_PATTERN)]
+    edge: Annotated[str, Field(pattern=ID_PATTERN)]
+    online: bool
+    ts: datetime
+    version: str = ""
+    reason: str = ""
+
+
+class DeviceStatus(_Model):
+    """Retained per device: never a stale value, ``online`` false as soon as it stops answering."""
+
+    v: Literal[1] = 1
+    campus: Annotated[str, Field(pattern=CAMPUS_ID_PATTERN)]
+    device: Annotated[str, Field(pattern=ID_PATTERN)]
+    online: bool
+    ts: datetime
+    last_response: datetime | None = None
+    latency_ms: float | None = None
+    error: Annotated[str | None, Field(max_length=300)] = None
+    points: dict[str, DetailValue] = Field(default_factory=dict, max_length=256)
+
+
+class AlarmStatus(_Model):
+    """Gateway -> campus: the life of one alarm after it left the campus."""
+
+    v: Literal[1] = 1
+    alarm_id: Annotated[str, Field(min_length=26, max_length=26)]
+    campus: Annotated[str, Field(pattern=CAMPUS_ID_PATTERN)]
+    state: AlarmState
+    ts: datetime
+    path: str | None = Field(None, description="which police path took it (primary, backup)")
+    note: Annotated[str, Field(max_length=500)] = ""

@@ -1,0 +1,132 @@
+"""Business rules: input readings become events.
+
+Pure: no I/O and no clock reads (``now`` is passed in), so every rule is unit-tested directly.
+A press that is shorter than the poll interval still raises an alarm when the module latched or
+counted it. A supervised (EOL) loop reports wire cut as trouble and a short as tamper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from contract.config import InputConfig
+from contract.models import DetailValue, EventKind, Severity
+
+SEVERITY: dict[str, Severity] = {
+    "panic": "critical",
+    "duress": "critical",
+    "holdup": "critical",
+    "fire": "critical",
+    "intrusion": "high",
+    "tamper": "high",
+    "trouble": "medium",
+    "transmission_fault": "high",
+    "device_offline": "medium",
+    "device_online": "info",
+    "test": "low",
+}
+
+TEXT: dict[str, str] = {
+    "panic": "panic button pressed",
+    "duress": "duress alarm",
+    "holdup": "silent hold-up alarm",
+    "fire": "fire alarm",
+    "intrusion": "intrusion",
+    "tamper": "tamper",
+    "trouble": "trouble",
+    "device_offline": "device stopped answering",
+    "device_online": "device answering again",
+}
+
+EolValue = Literal["normal", "alarm", "cut", "short", "unknown"]
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """What happened at one input, before it becomes an event with id and sequence."""
+
+    kind: EventKind
+    restore: bool = False
+    detail: dict[str, DetailValue] = field(default_factory=dict)
+
+
+def _eol_signal(kind: EventKind, value: str, restore: bool) -> Signal:
+    if value == "cut":
+        return Signal("trouble", restore, {"wire": "cut"})
+    if value == "short":
+        return Signal("tamper", restore, {"wire": "short"})
+    return Signal(kind, restore, {"wire": "alarm"})
+
+
+class InputTracker:
+    """One input's reported state and the rules that turn readings into signals."""
+
+    def __init__(self, cfg: InputConfig, last: str | None = None) -> None:
+        self.cfg = cfg
+        # The state last reported (persisted by the caller, so a button that is held down
+        # across an edge restart does not raise a second alarm).
+        self.reported: str | None = last
+        self._candidate: str | None = None
+        self._since = 0.0
+        self._count = 0
+
+    @property
+    def state(self) -> str | None:
+        return self.reported
+
+    def _debounced(self, value: str, now: float) -> str | None:
+        """The value once it has held long enough (time for contacts, samples for EOL)."""
+        if value != self._candidate:
+            self._candidate = value
+            self._since = now
+            self._count = 0
+        self._count += 1
+        if self.cfg.mode == "eol":
+            samples = self.cfg.eol.samples if self.cfg.eol else 3
+            return value if self._count >= samples else None
+        return value if now - self._since >= self.cfg.debounce else None
+
+    def update(
+        self, active: bool | None, pulses: int, eol: str | None, now: float
+    ) -> list[Signal]:
+        """Feed one successful reading; return the signals it causes (usually none)."""
+        kind: EventKind = self.cfg.kind
+        if self.cfg.mode == "eol":
+            if eol is None or eol == "unknown":
+                return []  # a failed analog read is not "normal"; keep what we had
+            value = self._debounced(eol, now)
+            if value is None or value == self.reported:
+                return []
+            out: list[Signal] = []
+            if self.reported not in (None, "normal"):
+                out.append(_eol_signal(kind, self.reported, restore=True))
+            if value != "normal":
+                out.append(_eol_signal(kind, value, restore=False))
+            self.reported = value
+            return out
+
+        if active is None:
+            return []
+        value = self._debounced("active" if active else "normal", now)
+        out = []
+        if value == "active" and self.reported != "active":
+            out.append(Signal(kind))
+            self.reported = "active"
+        elif pulses > 0 and self.reported != "active" and (value != "active"):
+            # The module latched or counted a press that came and went between two polls.
+            out.append(Signal(kind, detail={"pulses": pulses, "short_press": True}))
+            out.append(Signal(kind, restore=True, detail={"short_press": True}))
+            self.reported = "normal"
+        elif value == "normal" and self.reported != "normal":
+            if self.reported == "active":
+                out.append(Signal(kind, restore=True))
+            self.reported = "normal"
+        return out
+
+
+def describe(kind: str, restore: bool, where: str) -> str:
+    base = TEXT.get(kind, kind.replace("_", " "))
+    text = f"{base} restored" if restore else base
+    return f"{text} — {where}" if where else text
+

@@ -1,0 +1,162 @@
+"""The campus edge daemon: the supervisor that starts everything in order and stops it cleanly.
+
+    async with Outbox(...) as outbox, ModbusBus() as bus, Uplink(...) as uplink, TaskGroup():
+        one poller per device
+
+The outbox opens first and closes last, so nothing a poller produces can be lost on the way down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from pydantic import ValidationError
+
+from contract import topics
+from contract.config import EdgeConfig, ModbusDeviceConfig
+from contract.models import MAX_PAYLOAD_BYTES, AlarmStatus, Event
+from drivers.modbus.bus import ModbusBus
+from drivers.modbus.inputs import ChannelSpec, DIModuleReader
+from drivers.modbus.profile import load_profile
+from edge.events import EventSink
+from edge.outbox import Outbox
+from edge.pollers import ModbusPoller
+from edge.uplink import Uplink
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+
+
+@dataclass
+class EdgeRuntime:
+    """Handles to the running pieces (for the CLI, the console and tests)."""
+
+    cfg: EdgeConfig
+    outbox: Outbox
+    uplink: Uplink
+    sink: EventSink
+    pollers: dict[str, ModbusPoller] = field(default_factory=dict)
+    alarm_status: asyncio.Queue[AlarmStatus] = field(default_factory=asyncio.Queue)
+    rejected: int = 0
+
+
+def channel_specs(dev: ModbusDeviceConfig) -> list[ChannelSpec]:
+    return [
+        ChannelSpec(
+            channel=i.channel,
+            mode=i.mode,
+            active_high=i.active == "high",
+            eol_scheme=i.eol.scheme if i.eol else "galaxy",
+        )
+        for i in dev.inputs
+    ]
+
+
+async def _connection(bus: ModbusBus, dev: ModbusDeviceConfig):  # type: ignore[no-untyped-def]
+    if dev.transport == "tcp":
+        assert dev.host is not None
+        return bus.get_tcp(dev.host, dev.port, timeout=dev.timeout)
+    assert dev.serial is not None
+    s = dev.serial
+    return bus.get_rtu(
+        s.port,
+        baudrate=s.baudrate,
+        parity=s.parity,
+        stopbits=s.stopbits,
+        bytesize=s.bytesize,
+        timeout=dev.timeout,
+    )
+
+
+@contextlib.asynccontextmanager
+async def run_edge(cfg: EdgeConfig) -> AsyncIterator[EdgeRuntime]:
+    """Start the edge; yields its runtime; stops everything in order on exit."""
+    data_dir = cfg.edge.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    async with Outbox(data_dir / "outbox.db") as outbox:
+        sink = EventSink(cfg, outbox)
+        runtime_ref: list[EdgeRuntime] = []
+
+        async def on_message(topic: str, payload: bytes) -> None:
+            await _handle_down(runtime_ref[0], topic, payload)
+
+        async with (
+            ModbusBus() as bus,
+            Uplink(cfg.mqtt, cfg.campus.id, cfg.edge.id, outbox, on_message, VERSION) as uplink,
+        ):
+            rt = EdgeRuntime(cfg=cfg, outbox=outbox, uplink=uplink, sink=sink)
+            runtime_ref.append(rt)
+            saved = await outbox.load_point_states()
+            for dev in cfg.devices:
+                profile = load_profile(dev.profile)
+                conn = await _connection(bus, dev)
+                unit = dev.unit if dev.unit is not None else profile.default_unit
+                reader = DIModuleReader(conn, profile, unit, channel_specs(dev))
+                rt.pollers[dev.id] = ModbusPoller(
+                    dev, cfg.campus.id, reader, sink, outbox, saved, cfg.edge.status_interval
+                )
+            async with asyncio.TaskGroup() as tg:
+                tasks = [
+                    tg.create_task(p.run(), name=f"poll-{dev_id}")
+                    for dev_id, p in rt.pollers.items()
+                ]
+                log.info(
+                    "edge %s of campus %s running: %d device(s), broker %s:%d",
+                    cfg.edge.id,
+                    cfg.campus.id,
+                    len(rt.pollers),
+                    cfg.mqtt.host,
+                    cfg.mqtt.port,
+                )
+                try:
+                    yield rt
+                finally:
+                    for t in tasks:
+                        t.cancel()
+
+
+async def _handle_down(rt: EdgeRuntime, topic: str, payload: bytes) -> None:
+    parsed = topics.parse_topic(topic)
+    if parsed is None or parsed.campus != rt.cfg.campus.id or len(payload) > MAX_PAYLOAD_BYTES:
+        rt.rejected += 1
+        log.warning("rejected message on %s (%d bytes)", topic, len(payload))
+        return
+    if parsed.kind == "alarm-status":
+        try:
+            status = AlarmStatus.model_validate_json(payload)
+        except ValidationError as exc:
+            rt.rejected += 1
+            log.warning("rejected alarm status on %s: %s", topic, exc.errors()[0]["msg"])
+            return
+        if status.campus != rt.cfg.campus.id:
+            rt.rejected += 1
+            log.warning("rejected alarm status for campus %s on %s", status.campus, topic)
+            return
+        new = await rt.outbox.record_alarm_status(
+            status.alarm_id, status.state, status.ts.isoformat(), status.path, status.note
+        )
+        if new:
+            log.info(
+                "alarm %s: %s%s",
+                status.alarm_id,
+                status.state,
+                f" via {status.path}" if status.path else "",
+            )
+            rt.alarm_status.put_nowait(status)
+
+
+async def run_forever(cfg: EdgeConfig) -> None:
+    async with run_edge(cfg):
+        await asyncio.Event().wait()
+
+
+def event_listener_queue(rt: EdgeRuntime) -> asyncio.Queue[Event]:
+    """A queue that receives every event once it is on disk (console, tests)."""
+    q: asyncio.Queue[Event] = asyncio.Queue()
+    rt.sink.listeners.append(q.put_nowait)
+    return q

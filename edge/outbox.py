@@ -1,0 +1,259 @@
+"""The durable outbox: an event is on disk before anything else happens.
+
+SQLite in WAL mode with ``synchronous=FULL`` so a committed alarm survives a power cut; the uplink
+removes a row by its id only after the broker's PUBACK (never by timestamp). Alarms sort before
+everything else. The per-edge sequence number is allocated in the same transaction as the row, so
+sequence numbers are gapless and survive restarts.
+
+All SQLite work runs on one dedicated thread: the event loop never waits on an fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self, TypeVar
+
+T = TypeVar("T")
+
+PRIORITY_ALARM = 0
+PRIORITY_EVENT = 1
+PRIORITY_STATUS = 2
+PRIORITY_TELEMETRY = 3
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    priority INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    retain INTEGER NOT NULL DEFAULT 0,
+    coalesce_key TEXT UNIQUE,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_order ON outbox (priority, id);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS point_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS alarm_status (
+    alarm_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    path TEXT,
+    note TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (alarm_id, state)
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    id: int
+    priority: int
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+class Outbox:
+    """Durable, prioritised queue of MQTT messages waiting for the broker's acknowledgement."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+        self._conn: sqlite3.Connection | None = None
+        self.changed = asyncio.Event()
+        self._depth = 0
+
+    async def __aenter__(self) -> Self:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        await self._run(self._open)
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._run(self._close)
+        self._executor.shutdown(wait=True)
+
+    def _open(self) -> None:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: the WAL is fsynced at every commit; an alarm reported stored is on the disk.
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.executescript(_SCHEMA)
+        self._conn = conn
+        self._depth = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        # shield: a cancelled caller must not leave a half-done transaction behind; the thread
+        # finishes the statement either way.
+        return await asyncio.shield(loop.run_in_executor(self._executor, fn))
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("outbox is not open")
+        return self._conn
+
+    @property
+    def depth(self) -> int:
+        return self._depth
+
+    async def add_sequenced(
+        self, build: Callable[[int], tuple[str, bytes, T]], priority: int
+    ) -> T:
+        """Allocate the next sequence number and store the message built with it, atomically.
+
+        ``build(seq)`` returns ``(topic, payload, value)``; ``value`` is handed back once the
+        row is committed to disk.
+        """
+
+        def work() -> T:
+            db = self.db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute("SELECT value FROM meta WHERE key='seq'").fetchone()
+                seq = (row[0] if row else 0) + 1
+                topic, payload, value = build(seq)
+                db.execute(
+                    "INSERT INTO meta(key, value) VALUES('seq', ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                    (seq,),
+                )
+                db.execute(
+                    "INSERT INTO outbox(priority, topic, payload, retain, created) "
+                    "VALUES (?, ?, ?, 0, ?)",
+                    (priority, topic, payload, time.time()),
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            self._depth += 1
+            return value
+
+        value = await self._run(work)
+        self.changed.set()
+        return value
+
+    async def put(
+        self,
+        topic: str,
+        payload: bytes,
+        priority: int,
+        *,
+        retain: bool = False,
+        coalesce_key: str | None = None,
+    ) -> None:
+        """Queue a message. With ``coalesce_key`` only the newest message of that key is kept
+        (a retained device status: only its latest value matters)."""
+
+        def work() -> None:
+            db = self.db
+            with db:
+                if coalesce_key is not None:
+                    gone = db.execute(
+                        "DELETE FROM outbox WHERE coalesce_key=?", (coalesce_key,)
+                    ).rowcount
+                    self._depth -= gone
+                db.execute(
+                    "INSERT INTO outbox(priority, topic, payload, retain, coalesce_key, created) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (priority, topic, payload, int(retain), coalesce_key, time.time()),
+                )
+            self._depth += 1
+
+        await self._run(work)
+        self.changed.set()
+
+    async def peek(self, limit: int = 64) -> list[OutboxItem]:
+        """The oldest messages of the highest priority first."""
+
+        def work() -> list[OutboxItem]:
+            rows = self.db.execute(
+                "SELECT id, priority, topic, payload, retain FROM outbox "
+                "ORDER BY priority, id LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return [OutboxItem(r[0], r[1], r[2], bytes(r[3]), bool(r[4])) for r in rows]
+
+        return await self._run(work)
+
+    async def remove(self, ids: list[int]) -> None:
+        """Forget messages the broker acknowledged (by id, never by time)."""
+        if not ids:
+            return
+
+        def work() -> None:
+            with self.db:
+                gone = self.db.executemany("DELETE FROM outbox WHERE id=?", [(i,) for i in ids])
+            self._depth -= gone.rowcount
+
+        await self._run(work)
+
+    async def last_seq(self) -> int:
+        def work() -> int:
+            row = self.db.execute("SELECT value FROM meta WHERE key='seq'").fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._run(work)
+
+    async def save_point_states(self, states: dict[str, str]) -> None:
+        """Remember reported input states, so a restart does not re-raise a held button."""
+        if not states:
+            return
+
+        def work() -> None:
+            with self.db:
+                self.db.executemany(
+                    "INSERT INTO point_state(key, value) VALUES (?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                    list(states.items()),
+                )
+
+        await self._run(work)
+
+    async def load_point_states(self) -> dict[str, str]:
+        def work() -> dict[str, str]:
+            rows = self.db.execute("SELECT key, value FROM point_state").fetchall()
+            return {str(k): str(v) for k, v in rows}
+
+        return await self._run(work)
+
+    async def record_alarm_status(
+        self, alarm_id: str, state: str, ts: str, path: str | None, note: str
+    ) -> bool:
+        """Keep what the centre told us about an alarm; False if we already had that step."""
+
+        def work() -> bool:
+            with self.db:
+                cur = self.db.execute(
+                    "INSERT OR IGNORE INTO alarm_status(alarm_id, state, ts, path, note) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (alarm_id, state, ts, path, note),
+                )
+            return cur.rowcount > 0
+
+        return await self._run(work)
+
+    async def alarm_statuses(self, alarm_id: str) -> list[tuple[str, str, str | None, str]]:
+        def work() -> list[tuple[str, str, str | None, str]]:
+            rows = self.db.execute(
+                "SELECT state, ts, path, note FROM alarm_status WHERE alarm_id=? ORDER BY ts",
+                (alarm_id,),
+            ).fetchall()
+            return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+        return await self._run(work)

@@ -1,0 +1,197 @@
+"""MQTT out: drains the outbox in priority order, removes a row only after its PUBACK.
+
+The edge keeps a persistent session (clean_session=False, a stable client id) so status messages
+the gateway sends while the link is down arrive after reconnect. Its retained state topic says
+online on connect; the broker publishes the last will (offline) if the edge vanishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Self
+
+import aiomqtt
+
+from contract import topics
+from contract.config import MqttConfig
+from contract.models import EdgeState, utcnow
+from contract.mqtt import Backoff, tls_params
+from edge.outbox import Outbox, OutboxItem
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[str, bytes], Awaitable[None]]
+
+BATCH = 32
+"""Messages in flight at once: enough to keep a burst moving, small enough that an alarm queued
+behind a burst of telemetry waits at most one batch's round trip."""
+
+
+class Uplink:
+    """Owns the MQTT connection of one campus edge."""
+
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        campus: str,
+        edge_id: str,
+        outbox: Outbox,
+        on_message: MessageHandler | None = None,
+        version: str = "",
+    ) -> None:
+        self._cfg = cfg
+        self._campus = campus
+        self._edge = edge_id
+        self._outbox = outbox
+        self._on_message = on_message
+        self._version = version
+        self._task: asyncio.Task[None] | None = None
+        self.connected = asyncio.Event()
+        self.sent = 0
+        self.on_state: Callable[[bool], None] | None = None
+
+    def _state_payload(self, online: bool, reason: str) -> bytes:
+        return (
+            EdgeState(
+                campus=self._campus,
+                edge=self._edge,
+                online=online,
+                ts=utcnow(),
+                version=self._version,
+                reason=reason,
+            )
+            .model_dump_json()
+            .encode()
+        )
+
+    def _client(self) -> aiomqtt.Client:
+        state_topic = topics.edge_state_topic(self._campus)
+        return aiomqtt.Client(
+            hostname=self._cfg.host,
+            port=self._cfg.port,
+            username=self._cfg.username,
+            password=self._cfg.secret(),
+            identifier=self._cfg.client_id or f"cg-edge-{self._campus}-{self._edge}",
+            clean_session=False,
+            keepalive=self._cfg.keepalive,
+            timeout=self._cfg.connect_timeout,
+            tls_params=tls_params(self._cfg),
+            will=aiomqtt.Will(
+                state_topic, self._state_payload(False, "connection lost"), qos=1, retain=True
+            ),
+        )
+
+    async def __aenter__(self) -> Self:
+        self._task = asyncio.create_task(self._run(), name="uplink")
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _set_connected(self, up: bool) -> None:
+        if up == self.connected.is_set():
+            return
+        if up:
+            self.connected.set()
+            log.info("uplink to %s:%s is up", self._cfg.host, self._cfg.port)
+        else:
+            self.connected.clear()
+            log.warning(
+                "uplink to %s:%s is down; events stay queued on disk (%d waiting)",
+                self._cfg.host,
+                self._cfg.port,
+                self._outbox.depth,
+            )
+        if self.on_state is not None:
+            self.on_state(up)
+
+    async def _run(self) -> None:
+        backoff = Backoff()
+        client = self._client()
+        while True:
+            try:
+                async with client:
+                    backoff.reset()
+                    await client.publish(
+                        topics.edge_state_topic(self._campus),
+                        self._state_payload(True, ""),
+                        qos=1,
+                        retain=True,
+                    )
+                    for sub in topics.edge_subscriptions(self._campus):
+                        await client.subscribe(sub, qos=1)
+                    self._set_connected(True)
+                    try:
+                        async with asyncio.TaskGroup() as tg:
+                            tg.create_task(self._drain(client))
+                            tg.create_task(self._receive(client))
+                    except* aiomqtt.MqttError as eg:
+                        raise eg.exceptions[0] from None
+            except aiomqtt.MqttError as exc:
+                self._set_connected(False)
+                delay = backoff.next()
+                log.debug("uplink connect failed (%s); retry in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+            except asyncio.CancelledError:
+                await self._goodbye(client)
+                raise
+
+    async def _goodbye(self, client: aiomqtt.Client) -> None:
+        """On a clean stop say offline ourselves (the will only fires on a lost connection)."""
+        if not self.connected.is_set():
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                client.publish(
+                    topics.edge_state_topic(self._campus),
+                    self._state_payload(False, "shutdown"),
+                    qos=1,
+                    retain=True,
+                ),
+                timeout=1.0,
+            )
+        self._set_connected(False)
+
+    async def _drain(self, client: aiomqtt.Client) -> None:
+        while True:
+            self._outbox.changed.clear()
+            items = await self._outbox.peek(BATCH)
+            if not items:
+                await self._outbox.changed.wait()
+                continue
+            # Published in order; each removed only once its PUBACK is in.
+            results = await asyncio.gather(
+                *(self._publish(client, item) for item in items), return_exceptions=True
+            )
+            acked = [item.id for item, res in zip(items, results, strict=True) if res is None]
+            await self._outbox.remove(acked)
+            self.sent += len(acked)
+            for res in results:
+                if isinstance(res, BaseException):
+                    raise res
+
+    async def _publish(self, client: aiomqtt.Client, item: OutboxItem) -> None:
+        await client.publish(
+            item.topic, item.payload, qos=1, retain=item.retain, timeout=self._cfg.connect_timeout
+        )
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            if self._on_message is None:
+                continue
+            payload = message.payload
+            if not isinstance(payload, bytes | bytearray):
+                continue
+            try:
+                await self._on_message(str(message.topic), bytes(payload))
+            except Exception:
+                log.exception("handling %s failed", message.topic)

@@ -1,0 +1,171 @@
+"""MQTT in: validate, deduplicate, store; then acknowledge.
+
+Messages are acknowledged to the broker by hand (paho ``manual_ack``) only after they are
+committed to the database, so a gateway killed mid-way gets them again from its persistent
+session. A bad message is rejected, counted and logged, and never stops the service.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from pydantic import ValidationError
+
+from contract import topics
+from contract.models import MAX_PAYLOAD_BYTES, DeviceStatus, EdgeState, Event, new_id, utcnow
+from gateway.relay.base import Sink
+from gateway.store.repo import ClaimedJob, Store
+
+log = logging.getLogger(__name__)
+
+LOG_EVERY = 10.0
+"""A flood of bad messages gives one log line per reason per this many seconds, with a count."""
+
+
+class Rejects:
+    """Counts rejected messages by reason and keeps the log readable under a flood."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self._last_log: dict[str, float] = {}
+        self._suppressed: Counter[str] = Counter()
+
+    def __call__(self, reason: str, topic: str, detail: str = "") -> None:
+        self.counts[reason] += 1
+        now = time.monotonic()
+        if now - self._last_log.get(reason, -LOG_EVERY) >= LOG_EVERY:
+            more = self._suppressed.pop(reason, 0)
+            log.warning(
+                "rejected message on %s: %s%s%s",
+                topic,
+                reason,
+                f" ({detail})" if detail else "",
+                f"; {more} more like it since the last report" if more else "",
+            )
+            self._last_log[reason] = now
+        else:
+            self._suppressed[reason] += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+class Ingest:
+    def __init__(
+        self,
+        store: Store,
+        campuses: set[str],
+        sinks: list[Sink],
+        worker_id: str,
+        dispatch: Callable[[ClaimedJob], None],
+    ) -> None:
+        self.store = store
+        self.campuses = campuses
+        self.sinks = sinks
+        self.worker_id = worker_id
+        self.dispatch = dispatch
+        self.reject = Rejects()
+        self.accepted: Counter[str] = Counter()
+        self.duplicates = 0
+
+    async def handle(self, topic: str, payload: bytes) -> None:
+        """Process one message. Raises only when the store fails (then it must not be acked)."""
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            self.reject("oversized", topic, f"{len(payload)} bytes")
+            return
+        parsed = topics.parse_topic(topic)
+        if parsed is None or parsed.direction != "up":
+            self.reject("unknown topic", topic)
+            return
+        if parsed.campus not in self.campuses:
+            self.reject("unknown campus", topic, parsed.campus)
+            return
+        model: type[Event] | type[EdgeState] | type[DeviceStatus]
+        if parsed.kind == "event":
+            model = Event
+        elif parsed.kind == "edge":
+            model = EdgeState
+        elif parsed.kind == "device":
+            model = DeviceStatus
+        elif parsed.kind == "telemetry":
+            self.accepted["telemetry"] += 1  # stored by the telemetry writer (issue 5)
+            return
+        else:
+            self.reject("unknown topic", topic)
+            return
+        if not payload:
+            return  # a cleared retained message
+        try:
+            msg = model.model_validate_json(payload)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            self.reject("invalid payload", topic, f"{where}: {err['msg']}"[:200])
+            return
+        if msg.campus != parsed.campus:
+            self.reject("campus mismatch", topic, f"payload says {msg.campus}")
+            return
+        if isinstance(msg, DeviceStatus) and msg.device != parsed.device:
+            self.reject("device mismatch", topic, f"payload says {msg.device}")
+            return
+        self.accepted[parsed.kind] += 1
+        if isinstance(msg, Event):
+            await self._event(msg)
+        elif isinstance(msg, EdgeState):
+            before = await self.store.upsert_edge_state(msg)
+            if before is not None and before != msg.online:
+                await self._path_change(msg)
+        else:
+            await self.store.upsert_device_status(msg)
+
+    async def _path_change(self, st: EdgeState) -> None:
+        """A campus edge that loses its uplink is a transmission-path fault at the centre."""
+        restore = st.online
+        log.log(
+            logging.INFO if restore else logging.ERROR,
+            "campus %s edge %s is %s%s",
+            st.campus,
+            st.edge,
+            "back online" if restore else "OFFLINE",
+            f" ({st.reason})" if st.reason else "",
+        )
+        await self._event(
+            Event(
+                id=new_id(),
+                campus=st.campus,
+                edge=st.edge,
+                seq=0,
+                ts=utcnow(),
+                kind="transmission_fault",
+                severity="info" if restore else "high",
+                device=st.edge,
+                restore=restore,
+                text=(
+                    "campus link restored"
+                    if restore
+                    else f"campus edge unreachable: {st.reason or 'offline'}"
+                ),
+                detail={"source": "gateway", "reason": st.reason},
+            )
+        )
+
+    async def submit_local(self, event: Event) -> None:
+        """An event raised by the gateway itself (a failed police path, a lost campus link)."""
+        try:
+            await self._event(event)
+        except Exception:
+            log.exception("storing gateway event %s failed", event.id)
+
+    async def _event(self, event: Event) -> None:
+        relay_to = [s.name for s in self.sinks if s.wants(event)]
+        new, jobs = await self.store.ingest_event(event, relay_to, self.worker_id)
+        if not new:
+            self.duplicates += 1
+            log.debug("duplicate event %s ignored", event.id)
+            return
+        for job in jobs:
+            self.dispatch(job)

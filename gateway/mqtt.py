@@ -1,0 +1,140 @@
+"""The gateway's MQTT session: the shared subscription in, alarm status out to the campuses.
+
+Persistent session with a stable client id and manual acknowledgement: a message is PUBACKed
+only after ``Ingest.handle`` committed it. Alarm steps are published from the database (rows
+marked ``published`` after their PUBACK), so a campus learns every step even across restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from types import TracebackType
+from typing import Self
+
+import aiomqtt
+
+from contract import topics
+from contract.config import MqttConfig
+from contract.models import AlarmStatus
+from contract.mqtt import Backoff, tls_params
+from gateway.ingest import Ingest
+from gateway.store.repo import Store, aware
+
+log = logging.getLogger(__name__)
+
+DOWNLINK_SCAN = 0.5
+"""Fallback scan for unpublished alarm steps; normally a step is pushed as soon as it is stored."""
+
+
+class GatewayMqtt:
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        gateway_id: str,
+        share_group: str | None,
+        ingest: Ingest,
+        store: Store,
+    ) -> None:
+        self._cfg = cfg
+        self._id = gateway_id
+        self._share = share_group
+        self._ingest = ingest
+        self._store = store
+        self._task: asyncio.Task[None] | None = None
+        self.connected = asyncio.Event()
+        self.wake_downlink = asyncio.Event()
+
+    async def __aenter__(self) -> Self:
+        self._task = asyncio.create_task(self._run(), name="gateway-mqtt")
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _client(self) -> aiomqtt.Client:
+        client = aiomqtt.Client(
+            hostname=self._cfg.host,
+            port=self._cfg.port,
+            username=self._cfg.username,
+            password=self._cfg.secret(),
+            identifier=self._cfg.client_id or f"cg-gw-{self._id}",
+            clean_session=False,
+            keepalive=self._cfg.keepalive,
+            timeout=self._cfg.connect_timeout,
+            tls_params=tls_params(self._cfg),
+            max_queued_incoming_messages=10000,
+        )
+        # aiomqtt has no switch for it: paho's manual ack, so a message is acknowledged to
+        # the broker only once it is in the database.
+        client._client.manual_ack_set(True)  # noqa: SLF001
+        return client
+
+    async def _run(self) -> None:
+        backoff = Backoff()
+        client = self._client()
+        down_logged = False
+        while True:
+            try:
+                async with client:
+                    for sub in topics.gateway_subscriptions(self._share):
+                        await client.subscribe(sub, qos=1)
+                    backoff.reset()
+                    self.connected.set()
+                    down_logged = False
+                    log.info("gateway connected to broker %s:%d", self._cfg.host, self._cfg.port)
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(self._receive(client))
+                        tg.create_task(self._downlink(client))
+            except* aiomqtt.MqttError as eg:
+                self.connected.clear()
+                if not down_logged:
+                    log.warning(
+                        "gateway lost the broker %s:%d (%s); reconnecting",
+                        self._cfg.host,
+                        self._cfg.port,
+                        eg.exceptions[0],
+                    )
+                    down_logged = True
+                await asyncio.sleep(backoff.next())
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            payload = message.payload
+            data = bytes(payload) if isinstance(payload, bytes | bytearray) else b""
+            await self._ingest.handle(str(message.topic), data)
+            if message.qos > 0:
+                client._client.ack(message.mid, message.qos)  # noqa: SLF001
+            self.wake_downlink.set()
+
+    async def _downlink(self, client: aiomqtt.Client) -> None:
+        while True:
+            self.wake_downlink.clear()
+            steps = await self._store.unpublished_steps()
+            if not steps:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake_downlink.wait(), DOWNLINK_SCAN)
+                continue
+            done: list[int] = []
+            for step in steps:
+                status = AlarmStatus(
+                    alarm_id=step.alarm_id,
+                    campus=step.campus,
+                    state=step.state,  # type: ignore[arg-type]
+                    ts=aware(step.ts),  # type: ignore[arg-type]
+                    path=step.path,
+                    note=step.note[:500],
+                )
+                await client.publish(
+                    topics.alarm_status_topic(step.campus),
+                    status.model_dump_json().encode(),
+                    qos=1,
+                )
+                done.append(step.id)
+            await self._store.mark_published(done)

@@ -1,0 +1,119 @@
+"""Drains the relay queue: the fast path straight from ingest, and the database for the rest.
+
+A job stays in the database until the sink confirms it. A failed delivery is retried with capped
+back-off for as long as it takes; the campus is told of each outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Self
+
+from gateway.relay.base import Sink
+from gateway.store.repo import ClaimedJob, Store
+
+log = logging.getLogger(__name__)
+
+SCAN_INTERVAL = 0.5
+"""How often the database is checked for due retries and jobs whose lease ran out (a gateway
+that died mid-relay). New alarms do not wait for this: ingest hands them over directly."""
+
+
+class RelayWorker:
+    def __init__(self, store: Store, sink: Sink, worker_id: str, lease: float = 30.0) -> None:
+        self.store = store
+        self.sink = sink
+        self.worker_id = worker_id
+        self.lease = lease
+        self._queue: asyncio.Queue[ClaimedJob] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.delivered = 0
+        self.failed_attempts = 0
+        self.on_step: Callable[[], None] | None = None
+        """Called after a step of an alarm's life was stored (to push it to the campus)."""
+
+    async def __aenter__(self) -> Self:
+        self._task = asyncio.create_task(self._run(), name=f"relay-{self.sink.name}")
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def submit(self, job: ClaimedJob) -> None:
+        """Hand over a job that ingest already claimed for this worker."""
+        self._queue.put_nowait(job)
+
+    async def _run(self) -> None:
+        last_scan = -SCAN_INTERVAL
+        while True:
+            # Scan on a clock, not only when idle: under a steady stream of new alarms the
+            # retries and orphaned jobs must still get their turn.
+            if time.monotonic() - last_scan >= SCAN_INTERVAL:
+                last_scan = time.monotonic()
+                await self._scan()
+            wait = max(0.0, SCAN_INTERVAL - (time.monotonic() - last_scan))
+            try:
+                job = await asyncio.wait_for(self._queue.get(), wait)
+            except TimeoutError:
+                continue
+            try:
+                await self._handle(job)
+                if self.on_step is not None:
+                    self.on_step()
+            except Exception:
+                # The job keeps its lease; when it runs out the scan picks it up again.
+                log.exception("relaying %s failed unexpectedly", job.alarm_id)
+
+    async def _scan(self) -> None:
+        try:
+            for claimed in await self.store.claim_jobs(
+                self.sink.name, self.worker_id, limit=20, lease=self.lease
+            ):
+                self._queue.put_nowait(claimed)
+        except Exception:
+            log.exception("relay queue scan failed; will retry")
+
+    async def _handle(self, job: ClaimedJob) -> None:
+        seq = job.seq if job.seq is not None else await self.store.assign_seq(job)
+        attempts = job.attempts + 1
+        result = await self.sink.deliver(job.event, seq)
+        ev = job.event
+        if result.outcome == "delivered":
+            await self.store.finish_job(job, "done", attempts=attempts)
+            self.delivered += 1
+            log.info(
+                "alarm %s (%s, campus %s) delivered to the police via %s in %.1f ms",
+                ev.id,
+                ev.kind,
+                ev.campus,
+                result.path,
+                result.rtt_ms or 0.0,
+            )
+            await self.store.set_alarm_state(
+                ev.id, "police_received", path=result.path, note=result.detail
+            )
+        elif result.outcome == "rejected":
+            await self.store.finish_job(job, "rejected", attempts=attempts, error=result.detail)
+            log.error("police platform refused alarm %s: %s", ev.id, result.detail)
+            await self.store.set_alarm_state(ev.id, "police_rejected", note=result.detail)
+        else:
+            self.failed_attempts += 1
+            delay = min(30.0, 0.5 * 2 ** min(attempts, 6))
+            await self.store.retry_job(job, attempts=attempts, delay=delay, error=result.detail)
+            if attempts == 1:
+                log.error(
+                    "alarm %s could not reach the police (%s); retrying until it does",
+                    ev.id,
+                    result.detail,
+                )
+                await self.store.set_alarm_state(ev.id, "delivery_failed", note=result.detail)

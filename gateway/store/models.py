@@ -1,0 +1,133 @@
+"""The gateway's tables (SQLAlchemy 2). Schema changes are Alembic migrations, never create_all."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class EventRow(Base):
+    """Every event from every campus, once (deduplicated by its id)."""
+
+    __tablename__ = "events"
+
+    id: Mapped[str] = mapped_column(String(26), primary_key=True)
+    campus: Mapped[str] = mapped_column(String(64), index=True)
+    edge: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(32))
+    severity: Mapped[str] = mapped_column(String(16))
+    device: Mapped[str] = mapped_column(String(64))
+    point: Mapped[str | None] = mapped_column(String(64))
+    zone: Mapped[str | None] = mapped_column(String(64))
+    restore: Mapped[bool] = mapped_column(Boolean)
+    drill: Mapped[bool] = mapped_column(Boolean)
+    edge_ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class AlarmRow(Base):
+    """An alarm and where it stands in its life: received -> police -> guard -> closed."""
+
+    __tablename__ = "alarms"
+
+    id: Mapped[str] = mapped_column(String(26), primary_key=True)
+    campus: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(32))
+    severity: Mapped[str] = mapped_column(String(16))
+    device: Mapped[str] = mapped_column(String(64))
+    point: Mapped[str | None] = mapped_column(String(64))
+    zone: Mapped[str | None] = mapped_column(String(64))
+    location: Mapped[str | None] = mapped_column(String(200))
+    lat: Mapped[float | None] = mapped_column(Float)
+    lon: Mapped[float | None] = mapped_column(Float)
+    restore: Mapped[bool] = mapped_column(Boolean)
+    drill: Mapped[bool] = mapped_column(Boolean)
+    text: Mapped[str] = mapped_column(Text, default="")
+    edge_ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    state: Mapped[str] = mapped_column(String(32))
+    police_path: Mapped[str | None] = mapped_column(String(32))
+    police_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    guard_ack_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("alarms_campus_received", "campus", "received_at"),)
+
+
+class AlarmStep(Base):
+    """The alarm's timeline; each step is also sent back to the campus (``published``)."""
+
+    __tablename__ = "alarm_steps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    alarm_id: Mapped[str] = mapped_column(String(26), index=True)
+    campus: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(32))
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    path: Mapped[str | None] = mapped_column(String(32))
+    note: Mapped[str] = mapped_column(Text, default="")
+    published: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+
+
+class RelayJob(Base):
+    """Durable queue to the police: one row per alarm and sink.
+
+    ``seq`` is fixed before the first send, so a gateway that dies mid-relay resends the same
+    DC-09 sequence number and the receiver sees a retransmission, not a second alarm.
+    """
+
+    __tablename__ = "relay_jobs"
+
+    alarm_id: Mapped[str] = mapped_column(String(26), primary_key=True)
+    sink: Mapped[str] = mapped_column(String(32), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)  # pending, done, rejected
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    seq: Mapped[int | None] = mapped_column(Integer)
+    next_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class RelayCounter(Base):
+    """Per-sink counters that must survive restarts (the DC-09 sequence number)."""
+
+    __tablename__ = "relay_counters"
+
+    sink: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(Integer)
+
+
+class DeviceStatusRow(Base):
+    __tablename__ = "device_status"
+
+    campus: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device: Mapped[str] = mapped_column(String(64), primary_key=True)
+    online: Mapped[bool] = mapped_column(Boolean)
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_response: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    points: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class EdgeStateRow(Base):
+    __tablename__ = "edge_state"
+
+    campus: Mapped[str] = mapped_column(String(64), primary_key=True)
+    edge: Mapped[str] = mapped_column(String(64), primary_key=True)
+    online: Mapped[bool] = mapped_column(Boolean)
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    version: Mapped[str] = mapped_column(String(32), default="")
+    reason: Mapped[str] = mapped_column(Text, default="")

@@ -1,0 +1,379 @@
+"""Operations on the store. Each public coroutine is one transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from contract.models import DeviceStatus, EdgeState, Event
+from gateway.store.models import (
+    AlarmRow,
+    AlarmStep,
+    DeviceStatusRow,
+    EdgeStateRow,
+    EventRow,
+    RelayCounter,
+    RelayJob,
+)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def aware(ts: datetime | None) -> datetime | None:
+    """SQLite hands datetimes back without a zone; everything we store is UTC."""
+    if ts is None:
+        return None
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    alarm_id: str
+    sink: str
+    attempts: int
+    seq: int | None
+    event: Event
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.session = async_sessionmaker(engine, expire_on_commit=False)
+
+    # --- ingest ---------------------------------------------------------------------------
+
+    async def ingest_event(
+        self, event: Event, relay_to: list[str], worker: str, lease: float = 30.0
+    ) -> tuple[bool, list[ClaimedJob]]:
+        """Store an event once; for an alarm also its record and relay jobs.
+
+        Returns ``(new, jobs)``. The jobs come back already claimed by ``worker`` with their
+        sequence numbers fixed, in the same transaction, so the relay can send at once without
+        another round trip to the database (the fast path of press-to-police).
+        """
+        ts = now()
+        jobs: list[ClaimedJob] = []
+        async with self.session() as s:
+            try:
+                async with s.begin():
+                    if await s.get(EventRow, event.id) is not None:
+                        return False, []
+                    s.add(
+                        EventRow(
+                            id=event.id,
+                            campus=event.campus,
+                            edge=event.edge,
+                            seq=event.seq,
+                            kind=event.kind,
+                            severity=event.severity,
+                            device=event.device,
+                            point=event.point,
+                            zone=event.zone,
+                            restore=event.restore,
+                            drill=event.drill,
+                            edge_ts=event.ts,
+                            received_at=ts,
+                            payload=event.model_dump(mode="json"),
+                        )
+                    )
+                    if event.is_alarm and not event.restore:
+                        s.add(
+                            AlarmRow(
+                                id=event.id,
+                                campus=event.campus,
+                                kind=event.kind,
+                                severity=event.severity,
+                                device=event.device,
+                                point=event.point,
+                                zone=event.zone,
+                                location=event.location,
+                                lat=event.geo.lat if event.geo else None,
+                                lon=event.geo.lon if event.geo else None,
+                                restore=event.restore,
+                                drill=event.drill,
+                                text=event.text,
+                                edge_ts=event.ts,
+                                received_at=ts,
+                                state="received",
+                            )
+                        )
+                        s.add(self._step(event.id, event.campus, "received", ts))
+                    for sink in relay_to:
+                        seq = await self._next_seq(s, sink)
+                        s.add(
+                            RelayJob(
+                                alarm_id=event.id,
+                                sink=sink,
+                                state="pending",
+                                priority=0 if event.severity == "critical" else 1,
+                                attempts=0,
+                                seq=seq,
+                                next_at=ts,
+                                claimed_by=worker,
+                                claimed_until=ts + timedelta(seconds=lease),
+                                created_at=ts,
+                            )
+                        )
+                        jobs.append(ClaimedJob(event.id, sink, 0, seq, event))
+            except IntegrityError:
+                # Another gateway stored it between our check and our insert.
+                return False, []
+        return True, jobs
+
+    @staticmethod
+    async def _next_seq(s: AsyncSession, sink: str, modulo: int = 9999) -> int:
+        counter = await s.get(RelayCounter, sink, with_for_update=True)
+        if counter is None:
+            counter = RelayCounter(sink=sink, value=0)
+            s.add(counter)
+        counter.value = counter.value % modulo + 1
+        return counter.value
+
+    @staticmethod
+    def _step(
+        alarm_id: str, campus: str, state: str, ts: datetime, path: str | None = None, note: str = ""
+    ) -> AlarmStep:
+        return AlarmStep(
+            alarm_id=alarm_id,
+            campus=campus,
+            state=state,
+            ts=ts,
+            path=path,
+            note=note,
+            published=False,
+        )
+
+    async def set_alarm_state(
+        self, alarm_id: str, state: str, *, path: str | None = None, note: str = ""
+    ) -> bool:
+        """Move an alarm on and add the step to its timeline (sent back to the campus)."""
+        ts = now()
+        async with self.session() as s, s.begin():
+            alarm = await s.get(AlarmRow, alarm_id)
+            if alarm is None:
+                return False
+            if state in ("police_received", "police_rejected"):
+                alarm.police_path = path
+                alarm.police_at = ts
+            if state == "guard_acknowledged":
+                alarm.guard_ack_at = ts
+            if state == "closed":
+                alarm.closed_at = ts
+            alarm.state = state
+            s.add(self._step(alarm_id, alarm.campus, state, ts, path, note))
+        return True
+
+    async def upsert_device_status(self, st: DeviceStatus) -> None:
+        async with self.session() as s, s.begin():
+            row = await s.get(DeviceStatusRow, (st.campus, st.device))
+            if row is not None and aware(row.ts) is not None and aware(row.ts) > st.ts:  # type: ignore[operator]
+                return  # an older retained message arriving late
+            values: dict[str, Any] = {
+                "online": st.online,
+                "ts": st.ts,
+                "last_response": st.last_response,
+                "latency_ms": st.latency_ms,
+                "error": st.error,
+                "points": dict(st.points),
+            }
+            if row is None:
+                s.add(DeviceStatusRow(campus=st.campus, device=st.device, **values))
+            else:
+                for k, v in values.items():
+                    setattr(row, k, v)
+
+    async def upsert_edge_state(self, st: EdgeState) -> bool | None:
+        """Store the edge's state; returns what it was before (None if never seen)."""
+        async with self.session() as s, s.begin():
+            row = await s.get(EdgeStateRow, (st.campus, st.edge))
+            before = None if row is None else row.online
+            if row is not None and (ts := aware(row.ts)) is not None and ts > st.ts:
+                return before  # older than what we have
+            if row is None:
+                s.add(
+                    EdgeStateRow(
+                        campus=st.campus,
+                        edge=st.edge,
+                        online=st.online,
+                        ts=st.ts,
+                        version=st.version,
+                        reason=st.reason,
+                    )
+                )
+            else:
+                row.online, row.ts, row.version, row.reason = (
+                    st.online,
+                    st.ts,
+                    st.version,
+                    st.reason,
+                )
+        return before
+
+    # --- relay queue ----------------------------------------------------------------------
+
+    async def claim_jobs(
+        self, sink: str, worker: str, limit: int = 10, lease: float = 30.0
+    ) -> list[ClaimedJob]:
+        """Take due jobs for this worker; a lease that runs out frees them for another."""
+        ts = now()
+        until = ts + timedelta(seconds=lease)
+        out: list[ClaimedJob] = []
+        async with self.session() as s, s.begin():
+            rows = (
+                await s.execute(
+                    select(RelayJob.alarm_id)
+                    .where(
+                        RelayJob.sink == sink,
+                        RelayJob.state == "pending",
+                        RelayJob.next_at <= ts,
+                        or_(RelayJob.claimed_until.is_(None), RelayJob.claimed_until < ts),
+                    )
+                    .order_by(RelayJob.priority, RelayJob.created_at)
+                    .limit(limit)
+                )
+            ).all()
+            for (alarm_id,) in rows:
+                res = await s.execute(
+                    update(RelayJob)
+                    .where(
+                        and_(
+                            RelayJob.alarm_id == alarm_id,
+                            RelayJob.sink == sink,
+                            RelayJob.state == "pending",
+                            or_(RelayJob.claimed_until.is_(None), RelayJob.claimed_until < ts),
+                        )
+                    )
+                    .values(claimed_by=worker, claimed_until=until)
+                )
+                if res.rowcount != 1:  # type: ignore[attr-defined]
+                    continue
+                job = await s.get(RelayJob, (alarm_id, sink))
+                ev = await s.get(EventRow, alarm_id)
+                assert job is not None and ev is not None
+                out.append(
+                    ClaimedJob(
+                        alarm_id,
+                        sink,
+                        job.attempts,
+                        job.seq,
+                        Event.model_validate(ev.payload),
+                    )
+                )
+        return out
+
+    async def release_claims(self, worker: str) -> int:
+        """At start: jobs this worker held when it died are free again at once (no lease wait)."""
+        async with self.session() as s, s.begin():
+            res = await s.execute(
+                update(RelayJob)
+                .where(RelayJob.claimed_by == worker, RelayJob.state == "pending")
+                .values(claimed_by=None, claimed_until=None, next_at=now())
+            )
+            return int(res.rowcount)  # type: ignore[attr-defined]
+
+    async def assign_seq(self, job: ClaimedJob, modulo: int = 9999) -> int:
+        """Fix the job's protocol sequence number before its first send (see RelayJob)."""
+        async with self.session() as s, s.begin():
+            row = await s.get(RelayJob, (job.alarm_id, job.sink))
+            assert row is not None
+            if row.seq is None:
+                row.seq = await self._next_seq(s, job.sink, modulo)
+            return row.seq
+
+    async def finish_job(
+        self, job: ClaimedJob, state: str, *, attempts: int, error: str | None = None
+    ) -> None:
+        async with self.session() as s, s.begin():
+            await s.execute(
+                update(RelayJob)
+                .where(RelayJob.alarm_id == job.alarm_id, RelayJob.sink == job.sink)
+                .values(
+                    state=state,
+                    attempts=attempts,
+                    last_error=error,
+                    claimed_by=None,
+                    claimed_until=None,
+                )
+            )
+
+    async def retry_job(
+        self, job: ClaimedJob, *, attempts: int, delay: float, error: str
+    ) -> None:
+        async with self.session() as s, s.begin():
+            await s.execute(
+                update(RelayJob)
+                .where(RelayJob.alarm_id == job.alarm_id, RelayJob.sink == job.sink)
+                .values(
+                    attempts=attempts,
+                    last_error=error,
+                    next_at=now() + timedelta(seconds=delay),
+                    claimed_by=None,
+                    claimed_until=None,
+                )
+            )
+
+    async def pending_jobs(self) -> int:
+        async with self.session() as s:
+            rows = (await s.execute(select(RelayJob.alarm_id).where(RelayJob.state == "pending"))).all()
+            return len(rows)
+
+    # --- downlink to campuses -------------------------------------------------------------
+
+    async def unpublished_steps(self, limit: int = 100) -> list[AlarmStep]:
+        async with self.session() as s:
+            rows = (
+                await s.execute(
+                    select(AlarmStep)
+                    .where(AlarmStep.published.is_(False))
+                    .order_by(AlarmStep.id)
+                    .limit(limit)
+                )
+            ).scalars()
+            return list(rows)
+
+    async def mark_published(self, ids: list[int]) -> None:
+        if not ids:
+            return
+        async with self.session() as s, s.begin():
+            await s.execute(update(AlarmStep).where(AlarmStep.id.in_(ids)).values(published=True))
+
+    # --- queries --------------------------------------------------------------------------
+
+    async def alarms(self, campus: str | None = None, limit: int = 100) -> list[AlarmRow]:
+        async with self.session() as s:
+            q = select(AlarmRow).order_by(AlarmRow.received_at.desc()).limit(limit)
+            if campus:
+                q = q.where(AlarmRow.campus == campus)
+            return list((await s.execute(q)).scalars())
+
+    async def alarm(self, alarm_id: str) -> tuple[AlarmRow, list[AlarmStep]] | None:
+        async with self.session() as s:
+            row = await s.get(AlarmRow, alarm_id)
+            if row is None:
+                return None
+            steps = (
+                await s.execute(
+                    select(AlarmStep).where(AlarmStep.alarm_id == alarm_id).order_by(AlarmStep.id)
+                )
+            ).scalars()
+            return row, list(steps)
+
+    async def devices(self, campus: str | None = None) -> list[DeviceStatusRow]:
+        async with self.session() as s:
+            q = select(DeviceStatusRow).order_by(
+                DeviceStatusRow.online, DeviceStatusRow.campus, DeviceStatusRow.device
+            )
+            if campus:
+                q = q.where(DeviceStatusRow.campus == campus)
+            return list((await s.execute(q)).scalars())
+
+    async def edges(self) -> list[EdgeStateRow]:
+        async with self.session() as s:
+            return list((await s.execute(select(EdgeStateRow))).scalars())

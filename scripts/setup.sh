@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs what CampusGuard needs on Debian/Ubuntu: a virtualenv with the project, and for the
+# tests the distribution's Mosquitto and socat. Safe to run again; does only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_system="${1:-}"   # "test" also installs the system packages the tests use
+py="${PYTHON:-python3}"
+
+if ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "campusguard needs Python 3.11 or newer (found: $("$py" --version 2>&1))." >&2
+    echo "On Debian/Ubuntu: sudo apt-get install python3 python3-venv" >&2
+    exit 1
+fi
+
+if [ "$want_system" = "test" ]; then
+    missing=()
+    command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+    command -v socat >/dev/null 2>&1 || missing+=(socat)
+    if [ ${#missing[@]} -gt 0 ]; then
+        if [ "$(id -u)" = 0 ]; then
+            echo "installing ${missing[*]} ..." >&2
+            export DEBIAN_FRONTEND=noninteractive
+            apt-get update -qq >/dev/null
+            apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+            # The package enables a broker on port 1883; the tests start their own.
+            if [[ " ${missing[*]} " == *" mosquitto "* ]]; then
+                systemctl disable --now mosquitto >/dev/null 2>&1 || true
+            fi
+        else
+            echo "the tests need: ${missing[*]}. Install them with:" >&2
+            echo "  sudo apt-get install ${missing[*]}" >&2
+            exit 1
+        fi
+    fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    "$py" -m venv .venv || {
+        echo "could not create a virtualenv: sudo apt-get install python3-venv" >&2
+        exit 1
+    }
+fi
+stamp=.venv/.campusguard-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    .venv/bin/pip install -q --upgrade pip >/dev/null
+    .venv/bin/pip install -q -e ".[test]"
+    touch "$stamp"
+fi

@@ -1,0 +1,174 @@
+"""Gateway: MQTT in (real Mosquitto), SQL store, DC-09 out (the police receiver simulator)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from pathlib import Path
+
+import aiomqtt
+import httpx
+
+from contract import topics
+from contract.models import AlarmStatus, EdgeState, utcnow
+from gateway.service import run_gateway
+from simulators.police import PoliceReceiver
+from tests.gwkit import ACCOUNT, CAMPUS, client, gateway_config, make_event, publish_event
+from tests.helpers import Mosquitto, free_port, wait_for
+
+
+async def collect_status(c: aiomqtt.Client, into: list[AlarmStatus]) -> None:
+    async for m in c.messages:
+        into.append(AlarmStatus.model_validate_json(bytes(m.payload)))  # type: ignore[arg-type]
+
+
+async def test_panic_relayed_once_and_campus_told(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    async with PoliceReceiver(udp=False) as police:
+        cfg = gateway_config(tmp_path, mosquitto.port, police.tcp_port, http=True)
+        async with run_gateway(cfg) as gw, client(mosquitto.port) as campus:
+            await campus.subscribe(topics.alarm_status_topic(CAMPUS), qos=1)
+            statuses: list[AlarmStatus] = []
+            listener = asyncio.create_task(collect_status(campus, statuses))
+            await wait_for(gw.mqtt.connected.is_set, what="gateway connected")
+            ev = make_event()
+            await publish_event(campus, ev)
+            await publish_event(campus, ev)  # at-least-once upstream: a repeat
+            await police.wait_for(lambda: len(police.alarms) >= 1)
+            [msg] = police.alarms
+            assert msg.account == ACCOUNT
+            assert msg.contact_id is not None
+            assert (msg.contact_id.qualifier, msg.contact_id.code, msg.contact_id.zone) == (1, 120, 15)
+            assert ("X", "E116.300000") in msg.xdata
+            await wait_for(
+                lambda: any(s.state == "police_received" for s in statuses), what="status"
+            )
+            assert [s.state for s in statuses][:2] == ["received", "police_received"]
+            assert all(s.alarm_id == ev.id for s in statuses)
+            await wait_for(lambda: gw.ingest.duplicates == 1, what="duplicate counted")
+            assert len(police.alarms) == 1
+
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.http_port}") as http:
+                detail = (await http.get(f"/api/alarms/{ev.id}")).json()
+                assert detail["state"] == "police_received"
+                assert [s["state"] for s in detail["timeline"]] == ["received", "police_received"]
+                assert detail["police_path"] == "primary"
+                assert (await http.get("/api/alarms/nope")).status_code == 404
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await listener
+
+
+async def test_drill_goes_out_as_test_code(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    async with PoliceReceiver(udp=False) as police:
+        cfg = gateway_config(tmp_path, mosquitto.port, police.tcp_port)
+        async with run_gateway(cfg) as gw, client(mosquitto.port) as campus:
+            await wait_for(gw.mqtt.connected.is_set)
+            await publish_event(campus, make_event(drill=True))
+            await police.wait_for(lambda: len(police.alarms) >= 1)
+            [msg] = police.alarms
+            assert msg.contact_id is not None and msg.contact_id.code == 601
+            assert msg.code == "RX"
+
+
+async def test_sia_dcs_restore(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    async with PoliceReceiver(udp=False) as police:
+        cfg = gateway_config(tmp_path, mosquitto.port, police.tcp_port, protocol="SIA-DCS")
+        async with run_gateway(cfg) as gw, client(mosquitto.port) as campus:
+            await wait_for(gw.mqtt.connected.is_set)
+            await publish_event(campus, make_event())
+            await publish_event(campus, make_event(restore=True, severity="info", seq=2))
+            await police.wait_for(lambda: len(police.alarms) >= 2)
+            assert [m.code for m in police.alarms] == ["PA", "PH"]
+
+
+async def test_bad_messages_rejected_counted_service_continues(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    async with PoliceReceiver(udp=False) as police:
+        cfg = gateway_config(tmp_path, mosquitto.port, police.tcp_port)
+        async with run_gateway(cfg) as gw, client(mosquitto.port) as campus:
+            await wait_for(gw.mqtt.connected.is_set)
+            t = topics.event_topic(CAMPUS)
+            await campus.publish(t, b"{not json", qos=1)
+            await campus.publish(t, b"x" * (70 * 1024), qos=1)
+            await campus.publish(t, json.dumps({"v": 1, "id": "short"}), qos=1)
+            # a payload that claims another campus than its topic
+            other = make_event().model_copy(update={"campus": "other-campus"})
+            await campus.publish(t, other.model_dump_json(), qos=1)
+            # a campus the gateway does not serve
+            await campus.publish(topics.event_topic("stranger"), make_event().model_dump_json(),
+                                 qos=1)
+            await campus.publish("cg/v1/test-campus/up/weird", b"{}", qos=1)
+            good = make_event()
+            await publish_event(campus, good)
+            await police.wait_for(lambda: len(police.alarms) == 1)
+            counts = gw.ingest.reject.counts
+            assert counts["invalid payload"] == 2
+            assert counts["oversized"] == 1
+            assert counts["campus mismatch"] == 1
+            assert counts["unknown campus"] == 1
+            assert counts["unknown topic"] == 1
+
+
+async def test_police_down_then_up_and_backup(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    primary_port = free_port()  # nothing listens there yet: the primary receiver is down
+    async with PoliceReceiver(udp=False) as backup:
+        cfg = gateway_config(tmp_path, mosquitto.port, primary_port, backup_port=backup.tcp_port)
+        async with run_gateway(cfg) as gw, client(mosquitto.port) as campus:
+            await wait_for(gw.mqtt.connected.is_set)
+            await publish_event(campus, make_event())
+            await backup.wait_for(lambda: len(backup.alarms) == 1)
+            [row] = await gw.store.alarms()
+            await wait_for(lambda: gw.store.alarm(row.id), what="alarm")
+            found = await gw.store.alarm(row.id)
+            assert found is not None
+            await wait_for(
+                lambda: _state(gw, row.id, "police_received"), what="delivered via backup"
+            )
+            found = await gw.store.alarm(row.id)
+            assert found is not None and found[0].police_path == "backup"
+
+
+async def _state(gw, alarm_id: str, state: str) -> bool:  # type: ignore[no-untyped-def]
+    found = await gw.store.alarm(alarm_id)
+    return found is not None and found[0].state == state
+
+
+async def test_police_down_retries_until_up(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    port = free_port()
+    cfg = gateway_config(tmp_path, mosquitto.port, port)
+    async with run_gateway(cfg) as gw, client(mosquitto.port) as campus:
+        await wait_for(gw.mqtt.connected.is_set)
+        ev = make_event()
+        await publish_event(campus, ev)
+        await wait_for(lambda: _state(gw, ev.id, "delivery_failed"), what="failure recorded")
+        async with PoliceReceiver("127.0.0.1", port, udp=False) as police:
+            await wait_for(lambda: _state(gw, ev.id, "police_received"), timeout=15)
+            panics = [m for m in police.alarms if m.code == "PA"]
+            assert len(panics) == 1
+            # The failed path was itself reported, as a transmission-path fault (and restore).
+            faults = [m.contact_id for m in police.alarms if m.code in ("YC", "YK")]
+            assert {(c.qualifier, c.code) for c in faults if c} <= {(1, 350), (3, 350)}
+
+
+async def test_edge_lost_is_transmission_fault(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    async with PoliceReceiver(udp=False) as police:
+        cfg = gateway_config(tmp_path, mosquitto.port, police.tcp_port)
+        async with run_gateway(cfg) as gw, client(mosquitto.port) as campus:
+            await wait_for(gw.mqtt.connected.is_set)
+            t = topics.edge_state_topic(CAMPUS)
+
+            def state(online: bool) -> str:
+                return EdgeState(campus=CAMPUS, edge="edge-1", online=online, ts=utcnow(),
+                                 reason="" if online else "connection lost").model_dump_json()
+
+            await campus.publish(t, state(True), qos=1, retain=True)
+            await campus.publish(t, state(False), qos=1, retain=True)
+            await police.wait_for(lambda: len(police.alarms) >= 1)
+            cid = police.alarms[0].contact_id
+            assert cid is not None and (cid.qualifier, cid.code) == (1, 350)
+            await campus.publish(t, state(True), qos=1, retain=True)
+            await police.wait_for(lambda: len(police.alarms) >= 2)
+            cid = police.alarms[1].contact_id
+            assert cid is not None and (cid.qualifier, cid.code) == (3, 350)
