@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -48,10 +49,9 @@ def _load(path: Path, model: Any) -> Any:
 
 
 def _run(coro: Any) -> None:
-    try:
+    # Ctrl-C: asyncio cancels the main task, so every context manager closes in order.
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(coro)
-    except KeyboardInterrupt:
-        pass
 
 
 @app.command()

@@ -214,7 +214,7 @@ class Dc09Code(Strict):
     relay: bool = Field(True, description="send this kind to the police at all")
 
 
-def _default_codes() -> dict[str, Dc09Code]:
+def _default_codes() -> dict[EventKind, Dc09Code]:
     return {
         "panic": Dc09Code(cid=120, sia="PA", sia_restore="PH"),
         "duress": Dc09Code(cid=121, sia="HA", sia_restore="HH"),
@@ -254,7 +254,7 @@ class Dc09Config(Strict):
 
     @model_validator(mode="after")
     def _merge_defaults(self) -> Dc09Config:
-        merged = {**_default_codes(), **self.codes}
+        merged: dict[EventKind, Dc09Code] = {**_default_codes(), **self.codes}
         object.__setattr__(self, "codes", merged)
         return self
 

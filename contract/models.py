@@ -145,3 +145,18 @@ class AlarmStatus(_Model):
     ts: datetime
     path: str | None = Field(None, description="which police path took it (primary, backup)")
     note: Annotated[str, Field(max_length=500)] = ""
+
+
+class Receipt(_Model):
+    """Gateway -> campus: these events are committed to the central store.
+
+    The edge keeps an event until its receipt arrives, not just until the broker's PUBACK: a
+    broker that restarts can lose queued messages (Mosquitto does not persist shared
+    subscriptions), and the edge must then send again.
+    """
+
+    v: Literal[1] = 1
+    campus: Annotated[str, Field(pattern=CAMPUS_ID_PATTERN)]
+    ids: list[Annotated[str, Field(min_length=26, max_length=26)]] = Field(
+        min_length=1, max_length=1000
+    )

@@ -87,9 +87,7 @@ class InputTracker:
             return value if self._count >= samples else None
         return value if now - self._since >= self.cfg.debounce else None
 
-    def update(
-        self, active: bool | None, pulses: int, eol: str | None, now: float
-    ) -> list[Signal]:
+    def update(self, active: bool | None, pulses: int, eol: str | None, now: float) -> list[Signal]:
         """Feed one successful reading; return the signals it causes (usually none)."""
         kind: EventKind = self.cfg.kind
         if self.cfg.mode == "eol":
@@ -113,7 +111,12 @@ class InputTracker:
         if value == "active" and self.reported != "active":
             out.append(Signal(kind))
             self.reported = "active"
-        elif pulses > 0 and self.reported != "active" and (value != "active"):
+        elif (
+            pulses > 0
+            and self.cfg.mode in ("latch", "counter")
+            and self.reported != "active"
+            and value != "active"
+        ):
             # The module latched or counted a press that came and went between two polls.
             out.append(Signal(kind, detail={"pulses": pulses, "short_press": True}))
             out.append(Signal(kind, restore=True, detail={"short_press": True}))
@@ -129,4 +132,3 @@ def describe(kind: str, restore: bool, where: str) -> str:
     base = TEXT.get(kind, kind.replace("_", " "))
     text = f"{base} restored" if restore else base
     return f"{text} — {where}" if where else text
-

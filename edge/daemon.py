@@ -18,9 +18,9 @@ from pydantic import ValidationError
 
 from contract import topics
 from contract.config import EdgeConfig, ModbusDeviceConfig
-from contract.models import MAX_PAYLOAD_BYTES, AlarmStatus, Event
-from drivers.modbus.bus import ModbusBus
-from drivers.modbus.inputs import ChannelSpec, DIModuleReader
+from contract.models import MAX_PAYLOAD_BYTES, AlarmStatus, Event, Receipt
+from drivers.modbus.bus import ModbusBus, ModbusConnection
+from drivers.modbus.inputs import ChannelSpec, DIModuleReader, EolParams
 from drivers.modbus.profile import load_profile
 from edge.events import EventSink
 from edge.outbox import Outbox
@@ -50,26 +50,21 @@ def channel_specs(dev: ModbusDeviceConfig) -> list[ChannelSpec]:
         ChannelSpec(
             channel=i.channel,
             mode=i.mode,
-            active_high=i.active == "high",
-            eol_scheme=i.eol.scheme if i.eol else "galaxy",
+            active_level=i.active,
+            eol=EolParams(scheme=i.eol.scheme) if i.mode == "eol" and i.eol else None,
         )
         for i in dev.inputs
     ]
 
 
-async def _connection(bus: ModbusBus, dev: ModbusDeviceConfig):  # type: ignore[no-untyped-def]
+def _connection(bus: ModbusBus, dev: ModbusDeviceConfig) -> ModbusConnection:
     if dev.transport == "tcp":
         assert dev.host is not None
-        return bus.get_tcp(dev.host, dev.port, timeout=dev.timeout)
+        return bus.get_tcp(dev.host, dev.port)
     assert dev.serial is not None
     s = dev.serial
     return bus.get_rtu(
-        s.port,
-        baudrate=s.baudrate,
-        parity=s.parity,
-        stopbits=s.stopbits,
-        bytesize=s.bytesize,
-        timeout=dev.timeout,
+        s.port, baudrate=s.baudrate, parity=s.parity, stopbits=s.stopbits, bytesize=s.bytesize
     )
 
 
@@ -85,16 +80,20 @@ async def run_edge(cfg: EdgeConfig) -> AsyncIterator[EdgeRuntime]:
         async def on_message(topic: str, payload: bytes) -> None:
             await _handle_down(runtime_ref[0], topic, payload)
 
-        async with (
-            ModbusBus() as bus,
-            Uplink(cfg.mqtt, cfg.campus.id, cfg.edge.id, outbox, on_message, VERSION) as uplink,
-        ):
+        async with contextlib.AsyncExitStack() as stack:
+            uplink = await stack.enter_async_context(
+                Uplink(cfg.mqtt, cfg.campus.id, cfg.edge.id, outbox, on_message, VERSION)
+            )
+            # One bus per timeout value: devices on one connection share its timeout.
+            buses: dict[float, ModbusBus] = {}
+            for timeout in sorted({d.timeout for d in cfg.devices}):
+                buses[timeout] = await stack.enter_async_context(ModbusBus(timeout=timeout))
             rt = EdgeRuntime(cfg=cfg, outbox=outbox, uplink=uplink, sink=sink)
             runtime_ref.append(rt)
             saved = await outbox.load_point_states()
             for dev in cfg.devices:
                 profile = load_profile(dev.profile)
-                conn = await _connection(bus, dev)
+                conn = _connection(buses[dev.timeout], dev)
                 unit = dev.unit if dev.unit is not None else profile.default_unit
                 reader = DIModuleReader(conn, profile, unit, channel_specs(dev))
                 rt.pollers[dev.id] = ModbusPoller(
@@ -125,6 +124,16 @@ async def _handle_down(rt: EdgeRuntime, topic: str, payload: bytes) -> None:
     if parsed is None or parsed.campus != rt.cfg.campus.id or len(payload) > MAX_PAYLOAD_BYTES:
         rt.rejected += 1
         log.warning("rejected message on %s (%d bytes)", topic, len(payload))
+        return
+    if parsed.kind == "receipt":
+        try:
+            receipt = Receipt.model_validate_json(payload)
+        except ValidationError as exc:
+            rt.rejected += 1
+            log.warning("rejected receipt on %s: %s", topic, exc.errors()[0]["msg"])
+            return
+        if receipt.campus == rt.cfg.campus.id:
+            await rt.outbox.confirm(receipt.ids)
         return
     if parsed.kind == "alarm-status":
         try:

@@ -85,7 +85,7 @@ class EventSink:
             return topic, event.model_dump_json().encode(), event
 
         priority = PRIORITY_ALARM if kind in ALARM_KINDS else PRIORITY_EVENT
-        event = await self._outbox.add_sequenced(build, priority)
+        event = await self._outbox.add_sequenced(build, priority, receipt_key=ident)
         log.log(
             logging.WARNING if kind in ALARM_KINDS and not restore else logging.INFO,
             "event %s #%d %s%s %s/%s: %s",

@@ -35,8 +35,11 @@ CREATE TABLE IF NOT EXISTS outbox (
     payload BLOB NOT NULL,
     retain INTEGER NOT NULL DEFAULT 0,
     coalesce_key TEXT UNIQUE,
+    receipt_key TEXT,
+    sent_at REAL,
     created REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS outbox_receipt ON outbox (receipt_key);
 CREATE INDEX IF NOT EXISTS outbox_order ON outbox (priority, id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS point_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -58,6 +61,7 @@ class OutboxItem:
     topic: str
     payload: bytes
     retain: bool
+    receipt_key: str | None
 
 
 class Outbox:
@@ -112,12 +116,16 @@ class Outbox:
         return self._depth
 
     async def add_sequenced(
-        self, build: Callable[[int], tuple[str, bytes, T]], priority: int
+        self,
+        build: Callable[[int], tuple[str, bytes, T]],
+        priority: int,
+        receipt_key: str | None = None,
     ) -> T:
         """Allocate the next sequence number and store the message built with it, atomically.
 
         ``build(seq)`` returns ``(topic, payload, value)``; ``value`` is handed back once the
-        row is committed to disk.
+        row is committed to disk. With ``receipt_key`` the row stays after the broker's PUBACK
+        until :meth:`confirm` is called with that key (the gateway's receipt).
         """
 
         def work() -> T:
@@ -133,9 +141,9 @@ class Outbox:
                     (seq,),
                 )
                 db.execute(
-                    "INSERT INTO outbox(priority, topic, payload, retain, created) "
-                    "VALUES (?, ?, ?, 0, ?)",
-                    (priority, topic, payload, time.time()),
+                    "INSERT INTO outbox(priority, topic, payload, retain, receipt_key, created) "
+                    "VALUES (?, ?, ?, 0, ?, ?)",
+                    (priority, topic, payload, receipt_key, time.time()),
                 )
                 db.execute("COMMIT")
             except BaseException:
@@ -178,30 +186,75 @@ class Outbox:
         await self._run(work)
         self.changed.set()
 
-    async def peek(self, limit: int = 64) -> list[OutboxItem]:
-        """The oldest messages of the highest priority first."""
+    async def peek(self, limit: int = 64, resend_before: float = 0.0) -> list[OutboxItem]:
+        """What to send next: unsent messages, and those sent before ``resend_before`` whose
+        receipt never came; the highest priority first, then the oldest."""
 
         def work() -> list[OutboxItem]:
             rows = self.db.execute(
-                "SELECT id, priority, topic, payload, retain FROM outbox "
-                "ORDER BY priority, id LIMIT ?",
-                (limit,),
+                "SELECT id, priority, topic, payload, retain, receipt_key FROM outbox "
+                "WHERE sent_at IS NULL OR sent_at < ? ORDER BY priority, id LIMIT ?",
+                (resend_before, limit),
             ).fetchall()
-            return [OutboxItem(r[0], r[1], r[2], bytes(r[3]), bool(r[4])) for r in rows]
+            return [OutboxItem(r[0], r[1], r[2], bytes(r[3]), bool(r[4]), r[5]) for r in rows]
 
         return await self._run(work)
 
-    async def remove(self, ids: list[int]) -> None:
-        """Forget messages the broker acknowledged (by id, never by time)."""
-        if not ids:
+    async def published(self, items: list[OutboxItem]) -> None:
+        """The broker acknowledged these: forget them (by id, never by time), or, for those
+        that wait for the gateway's receipt, note when they went out."""
+        if not items:
             return
+        now = time.time()
 
         def work() -> None:
             with self.db:
-                gone = self.db.executemany("DELETE FROM outbox WHERE id=?", [(i,) for i in ids])
-            self._depth -= gone.rowcount
+                gone = self.db.executemany(
+                    "DELETE FROM outbox WHERE id=?",
+                    [(i.id,) for i in items if i.receipt_key is None],
+                ).rowcount
+                self.db.executemany(
+                    "UPDATE outbox SET sent_at=? WHERE id=?",
+                    [(now, i.id) for i in items if i.receipt_key is not None],
+                )
+            self._depth -= gone
 
         await self._run(work)
+
+    async def confirm(self, keys: list[str]) -> int:
+        """The gateway stored these events: they can go."""
+        if not keys:
+            return 0
+
+        def work() -> int:
+            with self.db:
+                gone = self.db.executemany(
+                    "DELETE FROM outbox WHERE receipt_key=?", [(k,) for k in keys]
+                ).rowcount
+            self._depth -= gone
+            return int(gone)
+
+        n = await self._run(work)
+        if n:
+            self.changed.set()
+        return n
+
+    async def resend_all_unconfirmed(self) -> None:
+        """After a reconnect: whatever still waits for a receipt may have died with the broker."""
+
+        def work() -> None:
+            with self.db:
+                self.db.execute("UPDATE outbox SET sent_at=NULL WHERE sent_at IS NOT NULL")
+
+        await self._run(work)
+        self.changed.set()
+
+    async def unconfirmed(self) -> int:
+        def work() -> int:
+            row = self.db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NOT NULL")
+            return int(row.fetchone()[0])
+
+        return await self._run(work)
 
     async def last_seq(self) -> int:
         def work() -> int:

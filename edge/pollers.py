@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from contract import topics
 from contract.config import ModbusDeviceConfig
-from contract.models import DeviceStatus, DetailValue, utcnow
+from contract.models import DetailValue, DeviceStatus, utcnow
 from drivers.modbus.errors import DeviceTimeout, ModbusDeviceError
 from drivers.modbus.inputs import DIModuleReader, ModuleReading
 from edge.alarms import InputTracker
@@ -62,7 +62,12 @@ class ModbusPoller:
         interval = self.cfg.poll_interval
         deadline = time.monotonic()
         while True:
-            await self.poll_once()
+            try:
+                await self.poll_once()
+            except Exception:
+                # Device errors are handled inside; this is a bug or a full disk. Say so with
+                # the trace and keep polling: a stopped poller is a silent panic button.
+                log.exception("polling %s failed unexpectedly", self.cfg.id)
             deadline += interval
             now = time.monotonic()
             if deadline < now:
@@ -80,7 +85,7 @@ class ModbusPoller:
             return
         now = time.monotonic()
         self.last_response = time.time()
-        self.last_latency = reading.latency
+        self.last_latency = reading.latency_s
         self.failures = 0
         self.last_error = None
         if self.online is not True:
@@ -91,7 +96,7 @@ class ModbusPoller:
             if ch is None:
                 continue
             before = tracker.state
-            eol = ch.eol.value if ch.eol is not None else None
+            eol = str(ch.eol) if ch.eol is not None else None
             for signal in tracker.update(ch.active, ch.pulses, eol, now):
                 await self._sink.emit(
                     signal.kind,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Self
@@ -19,16 +20,27 @@ import aiomqtt
 from contract import topics
 from contract.config import MqttConfig
 from contract.models import EdgeState, utcnow
-from contract.mqtt import Backoff, tls_params
+from contract.mqtt import Backoff, run_together, tls_params
 from edge.outbox import Outbox, OutboxItem
 
 log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
 
+RECEIPT_TIMEOUT = 10.0
+"""An event the gateway has not confirmed this long after its PUBACK is sent again (the gateway
+deduplicates by id). Long enough for a busy gateway, short for an alarm lost in a broker crash."""
+
 BATCH = 32
 """Messages in flight at once: enough to keep a burst moving, small enough that an alarm queued
 behind a burst of telemetry waits at most one batch's round trip."""
+
+
+def _reraise_if_cancelling() -> None:
+    """aiomqtt can turn a cancellation during connect into an MqttError; never retry then."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class Uplink:
@@ -53,6 +65,7 @@ class Uplink:
         self.connected = asyncio.Event()
         self.sent = 0
         self.on_state: Callable[[bool], None] | None = None
+        self._closing = False
 
     def _state_payload(self, online: bool, reason: str) -> bytes:
         return (
@@ -103,6 +116,9 @@ class Uplink:
         if up:
             self.connected.set()
             log.info("uplink to %s:%s is up", self._cfg.host, self._cfg.port)
+        elif self._closing:
+            self.connected.clear()
+            log.info("uplink closed (%d message(s) left in the outbox)", self._outbox.depth)
         else:
             self.connected.clear()
             log.warning(
@@ -129,18 +145,21 @@ class Uplink:
                     )
                     for sub in topics.edge_subscriptions(self._campus):
                         await client.subscribe(sub, qos=1)
+                    await self._outbox.resend_all_unconfirmed()
                     self._set_connected(True)
-                    try:
-                        async with asyncio.TaskGroup() as tg:
-                            tg.create_task(self._drain(client))
-                            tg.create_task(self._receive(client))
-                    except* aiomqtt.MqttError as eg:
-                        raise eg.exceptions[0] from None
+                    await run_together(self._drain(client), self._receive(client))
             except aiomqtt.MqttError as exc:
+                _reraise_if_cancelling()
                 self._set_connected(False)
                 delay = backoff.next()
                 log.debug("uplink connect failed (%s); retry in %.2fs", exc, delay)
                 await asyncio.sleep(delay)
+            except Exception:
+                # The boundary of the connection's life: whatever broke, log it with its trace
+                # and connect again. Everything not acknowledged is still in the outbox.
+                log.exception("uplink session failed unexpectedly; reconnecting")
+                self._set_connected(False)
+                await asyncio.sleep(backoff.next())
             except asyncio.CancelledError:
                 await self._goodbye(client)
                 raise
@@ -149,6 +168,7 @@ class Uplink:
         """On a clean stop say offline ourselves (the will only fires on a lost connection)."""
         if not self.connected.is_set():
             return
+        self._closing = True
         with contextlib.suppress(Exception):
             await asyncio.wait_for(
                 client.publish(
@@ -164,16 +184,18 @@ class Uplink:
     async def _drain(self, client: aiomqtt.Client) -> None:
         while True:
             self._outbox.changed.clear()
-            items = await self._outbox.peek(BATCH)
+            items = await self._outbox.peek(BATCH, resend_before=time.time() - RECEIPT_TIMEOUT)
             if not items:
-                await self._outbox.changed.wait()
+                # Woken by new rows, or after a while to resend what was never confirmed.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._outbox.changed.wait(), RECEIPT_TIMEOUT / 4)
                 continue
-            # Published in order; each removed only once its PUBACK is in.
+            # Published in order; each removed (or marked sent) only once its PUBACK is in.
             results = await asyncio.gather(
                 *(self._publish(client, item) for item in items), return_exceptions=True
             )
-            acked = [item.id for item, res in zip(items, results, strict=True) if res is None]
-            await self._outbox.remove(acked)
+            acked = [item for item, res in zip(items, results, strict=True) if res is None]
+            await self._outbox.published(acked)
             self.sent += len(acked)
             for res in results:
                 if isinstance(res, BaseException):

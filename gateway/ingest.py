@@ -72,18 +72,22 @@ class Ingest:
         self.accepted: Counter[str] = Counter()
         self.duplicates = 0
 
-    async def handle(self, topic: str, payload: bytes) -> None:
-        """Process one message. Raises only when the store fails (then it must not be acked)."""
+    async def handle(self, topic: str, payload: bytes) -> tuple[str, str] | None:
+        """Process one message. Raises only when the store fails (then it must not be acked).
+
+        Returns ``(campus, event id)`` for an event that is now stored (new or a repeat): the
+        campus gets a receipt for it.
+        """
         if len(payload) > MAX_PAYLOAD_BYTES:
             self.reject("oversized", topic, f"{len(payload)} bytes")
-            return
+            return None
         parsed = topics.parse_topic(topic)
         if parsed is None or parsed.direction != "up":
             self.reject("unknown topic", topic)
-            return
+            return None
         if parsed.campus not in self.campuses:
             self.reject("unknown campus", topic, parsed.campus)
-            return
+            return None
         model: type[Event] | type[EdgeState] | type[DeviceStatus]
         if parsed.kind == "event":
             model = Event
@@ -93,34 +97,36 @@ class Ingest:
             model = DeviceStatus
         elif parsed.kind == "telemetry":
             self.accepted["telemetry"] += 1  # stored by the telemetry writer (issue 5)
-            return
+            return None
         else:
             self.reject("unknown topic", topic)
-            return
+            return None
         if not payload:
-            return  # a cleared retained message
+            return None  # a cleared retained message
         try:
             msg = model.model_validate_json(payload)
         except ValidationError as exc:
             err = exc.errors()[0]
             where = ".".join(str(p) for p in err["loc"])
             self.reject("invalid payload", topic, f"{where}: {err['msg']}"[:200])
-            return
+            return None
         if msg.campus != parsed.campus:
             self.reject("campus mismatch", topic, f"payload says {msg.campus}")
-            return
+            return None
         if isinstance(msg, DeviceStatus) and msg.device != parsed.device:
             self.reject("device mismatch", topic, f"payload says {msg.device}")
-            return
+            return None
         self.accepted[parsed.kind] += 1
         if isinstance(msg, Event):
             await self._event(msg)
-        elif isinstance(msg, EdgeState):
+            return msg.campus, msg.id
+        if isinstance(msg, EdgeState):
             before = await self.store.upsert_edge_state(msg)
             if before is not None and before != msg.online:
                 await self._path_change(msg)
         else:
             await self.store.upsert_device_status(msg)
+        return None
 
     async def _path_change(self, st: EdgeState) -> None:
         """A campus edge that loses its uplink is a transmission-path fault at the centre."""

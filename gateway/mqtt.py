@@ -17,8 +17,8 @@ import aiomqtt
 
 from contract import topics
 from contract.config import MqttConfig
-from contract.models import AlarmStatus
-from contract.mqtt import Backoff, tls_params
+from contract.models import AlarmStatus, Receipt
+from contract.mqtt import Backoff, run_together, tls_params
 from gateway.ingest import Ingest
 from gateway.store.repo import Store, aware
 
@@ -45,6 +45,7 @@ class GatewayMqtt:
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
         self.wake_downlink = asyncio.Event()
+        self._receipts: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
 
     async def __aenter__(self) -> Self:
         self._task = asyncio.create_task(self._run(), name="gateway-mqtt")
@@ -73,7 +74,7 @@ class GatewayMqtt:
         )
         # aiomqtt has no switch for it: paho's manual ack, so a message is acknowledged to
         # the broker only once it is in the database.
-        client._client.manual_ack_set(True)  # noqa: SLF001
+        client._client.manual_ack_set(True)
         return client
 
     async def _run(self) -> None:
@@ -89,29 +90,60 @@ class GatewayMqtt:
                     self.connected.set()
                     down_logged = False
                     log.info("gateway connected to broker %s:%d", self._cfg.host, self._cfg.port)
-                    async with asyncio.TaskGroup() as tg:
-                        tg.create_task(self._receive(client))
-                        tg.create_task(self._downlink(client))
-            except* aiomqtt.MqttError as eg:
+                    await run_together(
+                        self._receive(client),
+                        self._downlink(client),
+                        self._send_receipts(client),
+                    )
+            except aiomqtt.MqttError as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # aiomqtt can turn a cancellation during connect into an MqttError.
+                    raise asyncio.CancelledError from None
                 self.connected.clear()
                 if not down_logged:
                     log.warning(
                         "gateway lost the broker %s:%d (%s); reconnecting",
                         self._cfg.host,
                         self._cfg.port,
-                        eg.exceptions[0],
+                        exc,
                     )
                     down_logged = True
+                await asyncio.sleep(backoff.next())
+            except Exception:
+                # The boundary of the connection's life: whatever broke, log it once with its
+                # trace and connect again. The outbox / the database still hold everything.
+                log.exception("MQTT session failed unexpectedly; reconnecting")
+                self.connected.clear()
                 await asyncio.sleep(backoff.next())
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
             payload = message.payload
             data = bytes(payload) if isinstance(payload, bytes | bytearray) else b""
-            await self._ingest.handle(str(message.topic), data)
+            stored = await self._ingest.handle(str(message.topic), data)
             if message.qos > 0:
-                client._client.ack(message.mid, message.qos)  # noqa: SLF001
+                client._client.ack(message.mid, message.qos)
+            if stored is not None:
+                self._receipts.put_nowait(stored)
             self.wake_downlink.set()
+
+    async def _send_receipts(self, client: aiomqtt.Client) -> None:
+        """Tell each campus which of its events are stored (batched; a lost receipt only
+        makes the edge send again, and the repeat is deduplicated)."""
+        while True:
+            batch = [await self._receipts.get()]
+            while not self._receipts.empty() and len(batch) < 500:
+                batch.append(self._receipts.get_nowait())
+            by_campus: dict[str, list[str]] = {}
+            for campus, event_id in batch:
+                by_campus.setdefault(campus, []).append(event_id)
+            for campus, ids in by_campus.items():
+                await client.publish(
+                    topics.receipt_topic(campus),
+                    Receipt(campus=campus, ids=ids).model_dump_json().encode(),
+                    qos=1,
+                )
 
     async def _downlink(self, client: aiomqtt.Client) -> None:
         while True:

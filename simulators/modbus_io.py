@@ -338,6 +338,13 @@ class DIModuleSimulator:
             of a ``socat`` pty pair); ``host``/``port`` are then unused.
         baudrate: RTU line speed (a pty ignores it).
 
+    Attributes:
+        port: The bound Modbus TCP port.
+        http_port: The bound HTTP control port, or ``None``.
+        last_flip: The last input change, for latency measurements.
+        connections_accepted: Client connections accepted so far.
+        requests_seen: Modbus requests that reached the register map.
+
     Call the control methods from the event loop the simulator runs in.
     """
 
@@ -564,8 +571,8 @@ class DIModuleSimulator:
         _, module = self._module(unit, channel)
         module.ohms[channel] = float(ohms)
 
-    def input(self, channel: int, *, unit: int | None = None) -> bool:
-        """Current level of a DI."""
+    def level(self, channel: int, *, unit: int | None = None) -> bool:
+        """Current level of a DI (``True`` = contact closed)."""
         _, module = self._module(unit, channel)
         return module.levels[channel]
 
@@ -578,6 +585,13 @@ class DIModuleSimulator:
         """The channel's edge counter."""
         _, module = self._module(unit, channel)
         return module.counters[channel]
+
+    def set_counter(self, channel: int, value: int, *, unit: int | None = None) -> None:
+        """Preset the channel's 32-bit counter (e.g. just below the wrap, or 0 for a reboot)."""
+        if not 0 <= value <= 0xFFFF_FFFF:
+            raise ValueError(f"counter value {value} outside 32 bits")
+        _, module = self._module(unit, channel)
+        module.counters[channel] = value
 
     @property
     def open_connections(self) -> int:
@@ -624,7 +638,7 @@ class DIModuleSimulator:
         self._silent = False
 
     def snapshot(self) -> dict[str, Any]:
-        """Everything :http:get:`/state` shows."""
+        """The simulator's state as JSON-ready data (what ``GET /state`` returns)."""
         return {
             "profile": self.profile,
             "host": self.host,

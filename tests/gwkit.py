@@ -40,8 +40,12 @@ def gateway_config(
         "mqtt": {"host": "127.0.0.1", "port": broker_port, "keepalive": 5},
         "database": {"url": db_url or f"sqlite+aiosqlite:///{tmp}/gw/campusguard.db"},
         "campuses": [
-            {"id": CAMPUS, "name": "Test school", "account": ACCOUNT,
-             "geo": {"lat": 39.7, "lon": 116.3}}
+            {
+                "id": CAMPUS,
+                "name": "Test school",
+                "account": ACCOUNT,
+                "geo": {"lat": 39.7, "lon": 116.3},
+            }
         ],
     }
     if police_port is not None:
@@ -53,8 +57,11 @@ def gateway_config(
             **dc09,
         }
         if backup_port is not None:
-            data["dc09"]["backup"] = {"host": "127.0.0.1", "port": backup_port,
-                                      "transport": transport}
+            data["dc09"]["backup"] = {
+                "host": "127.0.0.1",
+                "port": backup_port,
+                "transport": transport,
+            }
         if key_hex is not None:
             data["dc09"]["key"] = key_hex
     return parse_config(data, GatewayConfig, "test")

@@ -98,9 +98,13 @@ def test_config_typo_names_file_key_and_allowed(tmp_path: Path) -> None:
 
 def test_config_bad_choice_and_bad_yaml(tmp_path: Path) -> None:
     f = tmp_path / "edge.yaml"
-    f.write_text("campus: {id: c1, name: X}\ndevices: [{id: d, profile: p, transport: tpc, "
-                 "host: h, inputs: [{channel: 0, id: b}]}]\n")
-    with pytest.raises(ConfigError, match=r"devices\[0\]\.transport: Input should be 'tcp' or 'rtu'"):
+    f.write_text(
+        "campus: {id: c1, name: X}\ndevices: [{id: d, profile: p, transport: tpc, "
+        "host: h, inputs: [{channel: 0, id: b}]}]\n"
+    )
+    with pytest.raises(
+        ConfigError, match=r"devices\[0\]\.transport: Input should be 'tcp' or 'rtu'"
+    ):
         load_config(f, EdgeConfig)
     f.write_text("campus: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
@@ -115,8 +119,12 @@ def test_config_zone_reference_checked() -> None:
             {
                 "campus": {"id": "c1", "name": "x"},
                 "devices": [
-                    {"id": "d", "profile": "adam-6050", "host": "h",
-                     "inputs": [{"channel": 0, "id": "b", "zone": "nowhere"}]}
+                    {
+                        "id": "d",
+                        "profile": "adam-6050",
+                        "host": "h",
+                        "inputs": [{"channel": 0, "id": "b", "zone": "nowhere"}],
+                    }
                 ],
             },
             EdgeConfig,
@@ -125,8 +133,10 @@ def test_config_zone_reference_checked() -> None:
 
 
 def test_config_secret_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    data = {"campuses": [{"id": "c1", "account": "1234"}],
-            "mqtt": {"password": "${CG_TEST_SECRET}"}}
+    data = {
+        "campuses": [{"id": "c1", "account": "1234"}],
+        "mqtt": {"password": "${CG_TEST_SECRET}"},
+    }
     with pytest.raises(ConfigError, match="CG_TEST_SECRET is not set"):
         parse_config(data, GatewayConfig, "gw.yaml")
     monkeypatch.setenv("CG_TEST_SECRET", "s3cret")
@@ -137,8 +147,13 @@ def test_config_secret_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_dc09_codes_default_and_override() -> None:
     cfg = parse_config(
-        {"campuses": [{"id": "c1", "account": "1234"}],
-         "dc09": {"primary": {"host": "h", "port": 1}, "codes": {"panic": {"cid": 122, "sia": "HA"}}}},
+        {
+            "campuses": [{"id": "c1", "account": "1234"}],
+            "dc09": {
+                "primary": {"host": "h", "port": 1},
+                "codes": {"panic": {"cid": 122, "sia": "HA"}},
+            },
+        },
         GatewayConfig,
         "gw.yaml",
     )

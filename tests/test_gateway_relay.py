@@ -38,7 +38,11 @@ async def test_panic_relayed_once_and_campus_told(mosquitto: Mosquitto, tmp_path
             [msg] = police.alarms
             assert msg.account == ACCOUNT
             assert msg.contact_id is not None
-            assert (msg.contact_id.qualifier, msg.contact_id.code, msg.contact_id.zone) == (1, 120, 15)
+            assert (msg.contact_id.qualifier, msg.contact_id.code, msg.contact_id.zone) == (
+                1,
+                120,
+                15,
+            )
             assert ("X", "E116.300000") in msg.xdata
             await wait_for(
                 lambda: any(s.state == "police_received" for s in statuses), what="status"
@@ -97,8 +101,9 @@ async def test_bad_messages_rejected_counted_service_continues(
             other = make_event().model_copy(update={"campus": "other-campus"})
             await campus.publish(t, other.model_dump_json(), qos=1)
             # a campus the gateway does not serve
-            await campus.publish(topics.event_topic("stranger"), make_event().model_dump_json(),
-                                 qos=1)
+            await campus.publish(
+                topics.event_topic("stranger"), make_event().model_dump_json(), qos=1
+            )
             await campus.publish("cg/v1/test-campus/up/weird", b"{}", qos=1)
             good = make_event()
             await publish_event(campus, good)
@@ -117,17 +122,16 @@ async def test_police_down_then_up_and_backup(mosquitto: Mosquitto, tmp_path: Pa
         cfg = gateway_config(tmp_path, mosquitto.port, primary_port, backup_port=backup.tcp_port)
         async with run_gateway(cfg) as gw, client(mosquitto.port) as campus:
             await wait_for(gw.mqtt.connected.is_set)
-            await publish_event(campus, make_event())
-            await backup.wait_for(lambda: len(backup.alarms) == 1)
-            [row] = await gw.store.alarms()
-            await wait_for(lambda: gw.store.alarm(row.id), what="alarm")
-            found = await gw.store.alarm(row.id)
-            assert found is not None
+            ev = make_event()
+            await publish_event(campus, ev)
             await wait_for(
-                lambda: _state(gw, row.id, "police_received"), what="delivered via backup"
+                lambda: _state(gw, ev.id, "police_received"), what="delivered via backup"
             )
-            found = await gw.store.alarm(row.id)
+            found = await gw.store.alarm(ev.id)
             assert found is not None and found[0].police_path == "backup"
+            assert [m.code for m in backup.alarms].count("PA") == 1
+            # The failed primary is itself a transmission-path fault, sent over the backup.
+            assert "YC" in [m.code for m in backup.alarms]
 
 
 async def _state(gw, alarm_id: str, state: str) -> bool:  # type: ignore[no-untyped-def]
@@ -160,8 +164,13 @@ async def test_edge_lost_is_transmission_fault(mosquitto: Mosquitto, tmp_path: P
             t = topics.edge_state_topic(CAMPUS)
 
             def state(online: bool) -> str:
-                return EdgeState(campus=CAMPUS, edge="edge-1", online=online, ts=utcnow(),
-                                 reason="" if online else "connection lost").model_dump_json()
+                return EdgeState(
+                    campus=CAMPUS,
+                    edge="edge-1",
+                    online=online,
+                    ts=utcnow(),
+                    reason="" if online else "connection lost",
+                ).model_dump_json()
 
             await campus.publish(t, state(True), qos=1, retain=True)
             await campus.publish(t, state(False), qos=1, retain=True)

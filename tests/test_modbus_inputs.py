@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import random
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -144,7 +146,7 @@ async def test_latch_mode_never_misses_5ms_presses():
 async def test_counter_mode_on_moxa_counts_back_to_back_presses():
     specs = [ChannelSpec(channel=3, mode="counter"), ChannelSpec(channel=4, mode="counter")]
     async with rig("moxa-e1210", specs) as (sim, _bus, reader):
-        sim.modules[1].counters[3] = 0xFFFF_FFF0  # wrap-around on the way
+        sim.set_counter(3, 0xFFFF_FFF0)  # wrap-around on the way
         async with polling(reader, 0.05) as poller:
             for _ in range(50):
                 await sim.press(3, 0.005)
@@ -156,9 +158,9 @@ async def test_counter_mode_on_moxa_counts_back_to_back_presses():
 
 async def test_counter_reset_by_a_module_restart_is_reported():
     async with rig("adam-6050", [ChannelSpec(channel=0, mode="counter")]) as (sim, _, reader):
-        sim.modules[1].counters[0] = 500
+        sim.set_counter(0, 500)
         await reader.read()
-        sim.modules[1].counters[0] = 0  # power cycle
+        sim.set_counter(0, 0)  # power cycle
         await sim.press(0, 0.001)
         reading = (await reader.read()).channels[0]
         assert (reading.pulses, reading.counter_reset, reading.raw) == (1, True, 1)
@@ -286,6 +288,11 @@ async def test_units_and_readers_share_one_connection():
         assert len(bus.connections) == 1
         assert sim.connections_accepted == 1
         assert sim.open_connections == 1
+        sock = readers[0].connection.client.ctx.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert bus.get_tcp("127.0.0.1", sim.port, timeout=TIMEOUT) is readers[0].connection
+        with pytest.raises(ValueError, match="timeout"):
+            bus.get_tcp("127.0.0.1", sim.port, timeout=TIMEOUT * 2)
 
 
 # --------------------------------------------------------------------------- faults
@@ -355,6 +362,45 @@ async def test_cancellation_stays_cancellation():
             await task
         await sim.plug()
         await read_until(reader, lambda r: True)
+
+
+async def test_link_transitions_are_logged_once_each(caplog):
+    caplog.set_level(logging.DEBUG, logger="drivers.modbus.bus")
+    async with rig("adam-6050", [ChannelSpec(channel=0)]) as (sim, _bus, reader):
+        await reader.read()
+        await sim.unplug()
+        failures = 0
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:  # many attempts while down
+            with contextlib.suppress(DeviceUnreachable):
+                await reader.read()
+            failures += 1
+            await asyncio.sleep(0.01)
+        await sim.plug()
+        await read_until(reader, lambda r: True)
+        conn = reader.connection
+        assert conn.state == "up"
+    ours = [r for r in caplog.records if r.name == "drivers.modbus.bus"]
+    downs = [r for r in ours if r.levelno == logging.WARNING]
+    ups = [r for r in ours if r.levelno == logging.INFO]
+    assert failures > 5
+    assert len(downs) == 1
+    assert "down" in downs[0].getMessage()
+    assert len(ups) == 1
+    assert "up again" in ups[0].getMessage()
+
+
+def test_backoff_is_capped_jittered_and_grows():
+    backoff = Backoff(initial=0.1, maximum=5.0)
+    rng = random.Random(3)
+    delays = [[backoff.delay(n, rng) for _ in range(200)] for n in range(1, 12)]
+    for n, samples in enumerate(delays, start=1):
+        nominal = min(5.0, 0.1 * 2 ** (n - 1))
+        assert all(nominal * 0.5 <= d <= nominal for d in samples)
+        assert len(set(samples)) > 1  # jittered
+    assert max(delays[-1]) <= 5.0
+    with pytest.raises(ValueError, match="back-off"):
+        Backoff(initial=1.0, maximum=0.5)
 
 
 # --------------------------------------------------------------------------- configuration
@@ -432,3 +478,55 @@ async def test_failed_latch_clear_never_loses_the_press(error, expected):
         await reader.read()
     assert (await reader.read()).channels[0].pulses == expected
     assert (await reader.read()).channels[0].pulses == 0
+
+
+VOLTAGE_PROFILE = """\
+vendor: Acme
+model: AI-4
+channels: 4
+capabilities:
+  state: {table: discrete_input, address: 0}
+  analog:
+    read: {modicon: "30101", stride: 1}
+    quantity: voltage
+    scale: 0.001
+unavailable: {latch: none, counter: none}
+"""
+
+
+class AnalogConnection:
+    """Stands in for a ModbusConnection: input registers from a dict, counted."""
+
+    def __init__(self, registers: dict[int, int]) -> None:
+        self.registers = registers
+        self.transactions = 0
+        self.asked: list[tuple[str, int, int]] = []
+
+    async def read_registers(self, table, address, count, unit):
+        self.transactions += 1
+        self.asked.append((table, address, count))
+        return [self.registers.get(address + i, 0) for i in range(count)]
+
+
+async def test_eol_from_a_voltage_input(tmp_path):
+    path = tmp_path / "ai.yaml"
+    path.write_text(VOLTAGE_PROFILE)
+    profile = load_profile(path)
+    with pytest.raises(ValueError, match="supply_v"):
+        DIModuleReader(AnalogConnection({}), profile, 1, [ChannelSpec(channel=0, mode="eol")])  # type: ignore[arg-type]
+    conn = AnalogConnection({100: 4000, 101: 5000, 103: 8000})
+    eol = EolParams(scheme="galaxy", supply_v=10.0, series_ohm=1000.0)
+    reader = DIModuleReader(
+        conn,  # type: ignore[arg-type]
+        profile,
+        1,
+        [ChannelSpec(channel=ch, mode="eol", eol=eol) for ch in (0, 1, 3)],
+    )
+    reading = await reader.read()
+    assert [reading.channels[ch].eol for ch in (0, 1, 3)] == [
+        EolState.SHORT,  # 4.0 V -> 667 ohm
+        EolState.NORMAL,  # 5.0 V -> 1 k
+        EolState.ALARM,  # 8.0 V -> 4 k
+    ]
+    assert reading.channels[1].ohms == pytest.approx(1000.0)
+    assert conn.asked == [("input_register", 100, 4)]  # one request for all three

@@ -65,7 +65,7 @@ async def test_adam_press_sets_state_latch_and_counter():
 
 async def test_moxa_counter_word_order_packed_word_and_reset_rules():
     async with DIModuleSimulator("moxa-e1210") as sim, raw_client(sim.port) as client:
-        sim.modules[1].counters[2] = 0x0001_FFFF
+        sim.set_counter(2, 0x0001_FFFF)
         await sim.press(2, 0.005)
         sim.set_input(0, True)
         # 30017+2ch high word, 30018+2ch low word: channel 2 at IR 20, 21.
@@ -165,7 +165,7 @@ async def test_http_control_endpoint():
         assert sim.counter(2) == 1
         state = (await http.post("/set", params={"channel": 4, "active": 1})).json()
         assert state["units"]["1"]["inputs"][4] == 1
-        assert sim.input(4)
+        assert sim.level(4)
         state = (await http.get("/state")).json()
         assert state["last_flip"]["channel"] == 4
         assert state["port"] == sim.port

@@ -119,6 +119,12 @@ class ModbusConnection:
     Obtain instances from :meth:`ModbusBus.get_tcp` / :meth:`ModbusBus.get_rtu`.
     All methods raise a :class:`~drivers.modbus.errors.ModbusDeviceError` subclass
     on failure and never return a stale value.
+
+    Attributes:
+        endpoint: ``tcp:host:port`` or ``rtu:/dev/ttyX``.
+        kind: ``tcp`` or ``rtu``.
+        timeout: Seconds to wait for a connect or a reply.
+        transactions: Requests attempted so far (readers use it to count their requests).
     """
 
     def __init__(
@@ -539,24 +545,31 @@ class ModbusBus:
         """Open connections by endpoint."""
         return dict(self._connections)
 
-    def get_tcp(self, host: str, port: int = 502) -> ModbusConnection:
+    def get_tcp(
+        self, host: str, port: int = 502, *, timeout: float | None = None
+    ) -> ModbusConnection:
         """Return the shared connection to ``host:port``, creating it on first use.
 
         Args:
             host: IP address or host name.
             port: TCP port.
+            timeout: Reply timeout for this connection (default: the bus's).
+
+        Raises:
+            ValueError: ``timeout`` differs from the one the connection already has.
         """
         self._check_open()
         endpoint = f"tcp:{host.lower()}:{port}"
-        conn = self._connections.get(endpoint)
+        conn = self._existing(endpoint, timeout)
         if conn is None:
+            wait = timeout or self.timeout
 
             def factory(on_packet: PacketHook, on_connect: ConnectHook) -> Any:
                 return AsyncModbusTcpClient(
                     host,
                     port=port,
                     name=endpoint,
-                    timeout=self.timeout,
+                    timeout=wait,
                     retries=0,  # the poll loop is the retry
                     reconnect_delay=0,  # no pymodbus auto-reconnect: we own the back-off
                     reconnect_delay_max=0,
@@ -568,7 +581,7 @@ class ModbusBus:
                 endpoint,
                 factory,
                 kind="tcp",
-                timeout=self.timeout,
+                timeout=wait,
                 backoff=self.backoff,
                 rng=self._rng,
             )
@@ -582,6 +595,8 @@ class ModbusBus:
         parity: Parity = "N",
         stopbits: int = 1,
         bytesize: int = 8,
+        *,
+        timeout: float | None = None,
     ) -> ModbusConnection:
         """Return the shared connection on serial ``port``, creating it on first use.
 
@@ -591,15 +606,17 @@ class ModbusBus:
             parity: ``N``, ``E`` or ``O``.
             stopbits: 1 or 2.
             bytesize: 7 or 8.
+            timeout: Reply timeout for this line (default: the bus's).
 
         Raises:
             ValueError: If the port is already open with different settings: a line
-                has one speed and framing for every unit on it.
+                has one speed, framing and timeout for every unit on it.
         """
         self._check_open()
         endpoint = f"rtu:{port}"
         settings = (baudrate, parity, stopbits, bytesize)
-        conn = self._connections.get(endpoint)
+        conn = self._existing(endpoint, timeout)
+        wait = timeout or self.timeout
         if conn is not None:
             if self._rtu_settings[endpoint] != settings:
                 raise ValueError(
@@ -617,7 +634,7 @@ class ModbusBus:
                 stopbits=stopbits,
                 bytesize=bytesize,
                 name=endpoint,
-                timeout=self.timeout,
+                timeout=wait,
                 retries=0,
                 reconnect_delay=0,
                 reconnect_delay_max=0,
@@ -629,7 +646,7 @@ class ModbusBus:
             endpoint,
             factory,
             kind="rtu",
-            timeout=self.timeout,
+            timeout=wait,
             backoff=self.backoff,
             rng=self._rng,
             inter_frame_s=t35,
@@ -657,6 +674,14 @@ class ModbusBus:
     ) -> None:
         """Close every connection."""
         await self.aclose()
+
+    def _existing(self, endpoint: str, timeout: float | None) -> ModbusConnection | None:
+        if timeout is not None and timeout <= 0:
+            raise ValueError("timeout must be positive")
+        conn = self._connections.get(endpoint)
+        if conn is not None and timeout is not None and conn.timeout != timeout:
+            raise ValueError(f"{endpoint} already has timeout {conn.timeout} s, asked {timeout} s")
+        return conn
 
     def _check_open(self) -> None:
         if self._closed:

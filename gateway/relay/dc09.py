@@ -77,7 +77,9 @@ class Dc09Sink:
             return Delivery("delivered", result.path, f"seq {result.seq}", result.rtt_ms)
         if result.reply == "DUH":
             return Delivery("rejected", result.path, "receiver answered DUH (not understood)")
-        return Delivery("failed", result.path, f"no ACK ({result.reply}) after {result.attempts} tries")
+        return Delivery(
+            "failed", result.path, f"no ACK ({result.reply}) after {result.attempts} tries"
+        )
 
 
 PathCallback = Callable[[str, bool, str], None]

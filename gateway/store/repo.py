@@ -138,7 +138,12 @@ class Store:
 
     @staticmethod
     def _step(
-        alarm_id: str, campus: str, state: str, ts: datetime, path: str | None = None, note: str = ""
+        alarm_id: str,
+        campus: str,
+        state: str,
+        ts: datetime,
+        path: str | None = None,
+        note: str = "",
     ) -> AlarmStep:
         return AlarmStep(
             alarm_id=alarm_id,
@@ -256,7 +261,8 @@ class Store:
                     continue
                 job = await s.get(RelayJob, (alarm_id, sink))
                 ev = await s.get(EventRow, alarm_id)
-                assert job is not None and ev is not None
+                assert job is not None
+                assert ev is not None
                 out.append(
                     ClaimedJob(
                         alarm_id,
@@ -303,9 +309,7 @@ class Store:
                 )
             )
 
-    async def retry_job(
-        self, job: ClaimedJob, *, attempts: int, delay: float, error: str
-    ) -> None:
+    async def retry_job(self, job: ClaimedJob, *, attempts: int, delay: float, error: str) -> None:
         async with self.session() as s, s.begin():
             await s.execute(
                 update(RelayJob)
@@ -321,7 +325,9 @@ class Store:
 
     async def pending_jobs(self) -> int:
         async with self.session() as s:
-            rows = (await s.execute(select(RelayJob.alarm_id).where(RelayJob.state == "pending"))).all()
+            rows = (
+                await s.execute(select(RelayJob.alarm_id).where(RelayJob.state == "pending"))
+            ).all()
             return len(rows)
 
     # --- downlink to campuses -------------------------------------------------------------

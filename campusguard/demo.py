@@ -1,0 +1,227 @@
+"""`campusguard demo`: a whole campus and its district centre on one machine.
+
+An embedded MQTT broker (amqtt), a simulated ADAM-6050 DI module with panic buttons, a simulated
+DC-09 police receiver, the campus edge and the central gateway, all in this process and all
+talking the real protocols over loopback sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from contract.config import EdgeConfig, GatewayConfig, parse_config
+from edge.daemon import event_listener_queue, run_edge
+from gateway.service import run_gateway
+from simulators.modbus_io import DIModuleSimulator
+from simulators.police import PoliceReceiver
+
+log = logging.getLogger(__name__)
+
+CAMPUS = "demo-xinghua-ps"
+ACCOUNT = "1234"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def embedded_broker(port: int) -> AsyncIterator[int]:
+    """amqtt in this process: only for the demo (tests and deployments use Mosquitto)."""
+    from amqtt.broker import Broker
+
+    port = port or _free_port()
+    broker = Broker(
+        {
+            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
+            },
+        }
+    )
+    await broker.start()
+    try:
+        yield port
+    finally:
+        await broker.shutdown()
+
+
+def _edge_cfg(data_dir: Path, broker: int, modbus: int) -> EdgeConfig:
+    return parse_config(
+        {
+            "campus": {
+                "id": CAMPUS,
+                "name": "大兴区兴华小学 (demo)",
+                "type": "school",
+                "address": "北京市大兴区兴华大街 1 号",
+                "geo": {"lat": 39.7267, "lon": 116.3414},
+            },
+            "edge": {"id": "edge-1", "data_dir": str(data_dir / "edge"), "status_interval": 10},
+            "mqtt": {"host": "127.0.0.1", "port": broker},
+            "zones": [
+                {"id": "guardroom", "name": "门卫室", "location": "南门门卫室"},
+                {"id": "gate-south", "name": "南门", "location": "南门校门口"},
+            ],
+            "devices": [
+                {
+                    "id": "di-guardroom",
+                    "profile": "adam-6050",
+                    "host": "127.0.0.1",
+                    "port": modbus,
+                    "zone": "guardroom",
+                    "inputs": [
+                        {
+                            "channel": 0,
+                            "id": "btn-guardroom",
+                            "kind": "panic",
+                            "mode": "latch",
+                            "zone": "guardroom",
+                            "location": "值班台下",
+                            "alarm_zone": 1,
+                        },
+                        {
+                            "channel": 1,
+                            "id": "btn-gate",
+                            "kind": "panic",
+                            "mode": "latch",
+                            "zone": "gate-south",
+                            "location": "岗亭",
+                            "alarm_zone": 2,
+                        },
+                        {
+                            "channel": 2,
+                            "id": "btn-office",
+                            "kind": "holdup",
+                            "mode": "latch",
+                            "zone": "guardroom",
+                            "location": "办公室",
+                            "alarm_zone": 3,
+                        },
+                    ],
+                }
+            ],
+        },
+        EdgeConfig,
+        "demo edge config",
+    )
+
+
+def _gateway_cfg(data_dir: Path, broker: int, police: int, http_port: int) -> GatewayConfig:
+    return parse_config(
+        {
+            # amqtt has no shared subscriptions; one gateway needs none.
+            "gateway": {
+                "id": "gw-demo",
+                "data_dir": str(data_dir / "gateway"),
+                "share_group": None,
+                "http": {"host": "127.0.0.1", "port": http_port},
+            },
+            "mqtt": {"host": "127.0.0.1", "port": broker},
+            "database": {"url": f"sqlite+aiosqlite:///{data_dir}/gateway/campusguard.db"},
+            "campuses": [
+                {
+                    "id": CAMPUS,
+                    "name": "大兴区兴华小学 (demo)",
+                    "account": ACCOUNT,
+                    "geo": {"lat": 39.7267, "lon": 116.3414},
+                }
+            ],
+            "dc09": {
+                "primary": {"host": "127.0.0.1", "port": police, "transport": "tcp"},
+                "supervision_interval": 30,
+            },
+        },
+        GatewayConfig,
+        "demo gateway config",
+    )
+
+
+def _say(text: str = "") -> None:
+    typer.echo(text)
+
+
+async def run_demo(
+    data_dir: Path, duration: float | None, broker_port: int = 0, http_port: int = 8080
+) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    police_log = data_dir / "police-received.jsonl"
+    async with contextlib.AsyncExitStack() as stack:
+        broker = await stack.enter_async_context(embedded_broker(broker_port))
+        sim = await stack.enter_async_context(DIModuleSimulator("adam-6050", http_port=0))
+        police = await stack.enter_async_context(PoliceReceiver(udp=False, log_path=police_log))
+        assert police.tcp_port is not None
+        try:
+            gw = await stack.enter_async_context(
+                run_gateway(_gateway_cfg(data_dir, broker, police.tcp_port, http_port))
+            )
+        except OSError:
+            # Port 8080 taken: any free port will do for a demo.
+            gw = await stack.enter_async_context(
+                run_gateway(_gateway_cfg(data_dir, broker, police.tcp_port, 0))
+            )
+        edge = await stack.enter_async_context(run_edge(_edge_cfg(data_dir, broker, sim.port)))
+        events = event_listener_queue(edge)
+        await asyncio.wait_for(edge.uplink.connected.wait(), 10)
+        await asyncio.wait_for(gw.mqtt.connected.wait(), 10)
+
+        api = f"http://127.0.0.1:{gw.http_port}"
+        press = f"campusguard sim press 1 --url http://127.0.0.1:{sim.http_port}"
+        _say("")
+        _say("CampusGuard demo is running: one campus, one district centre, one police receiver.")
+        _say(f"  MQTT broker (embedded amqtt)  127.0.0.1:{broker}")
+        _say(f"  DI module (ADAM-6050 sim)     Modbus TCP 127.0.0.1:{sim.port}")
+        _say(f"  police receiver (DC-09 sim)   TCP 127.0.0.1:{police.tcp_port}, log {police_log}")
+        _say(f"  gateway API                   {api}/docs")
+        _say("")
+        _say("Pressing the guard-room panic button (channel 0) for 5 ms ...")
+        t0 = time.monotonic()
+        await sim.press(0, 0.005)
+        event = await asyncio.wait_for(events.get(), 10)
+        await police.wait_for(lambda: len(police.messages) >= 1, timeout=10)
+        got = police.messages[0]
+        _say(
+            f"  the police received {got.token} {got.data} (seq {got.seq}) "
+            f"{(got.received_mono - t0) * 1e3:.0f} ms after the press"
+        )
+        status = await asyncio.wait_for(edge.alarm_status.get(), 10)
+        while status.state != "police_received":
+            status = await asyncio.wait_for(edge.alarm_status.get(), 10)
+        _say(f"  the campus was told: alarm {event.id} {status.state} via {status.path}")
+        _say("")
+        _say("Try next:")
+        _say(f"  {press}              press the gate button")
+        _say(f"  curl {api}/api/alarms         the alarms and their state")
+        _say(f"  curl {api}/api/alarms/{event.id}   one alarm's timeline")
+        _say(f"  curl {api}/api/devices        device health")
+        _say(f"  tail -f {police_log}   what the police platform got")
+        _say("Stop with Ctrl-C." if duration is None else f"Stopping in {duration:.0f} s.")
+        await _report_forever(police, duration)
+        stats: dict[str, Any] = {
+            "alarms at the police": len(police.messages),
+            "events sent by the edge": edge.uplink.sent,
+            "rejected messages": gw.ingest.reject.total,
+        }
+        _say("demo stopped: " + ", ".join(f"{k}: {v}" for k, v in stats.items()))
+
+
+async def _report_forever(police: PoliceReceiver, duration: float | None) -> None:
+    seen = len(police.messages)
+    deadline = None if duration is None else time.monotonic() + duration
+    while deadline is None or time.monotonic() < deadline:
+        remaining = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
+        with contextlib.suppress(TimeoutError):
+            await police.wait_for(lambda: len(police.messages) > seen, timeout=remaining)
+        for m in police.messages[seen:]:
+            _say(f"  police <- {m.token} {m.data} (seq {m.seq})")
+        seen = len(police.messages)

@@ -1,0 +1,41 @@
+"""The demo's smoke test: the one place the embedded broker (amqtt) is used."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers import env_with_pythonpath, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_demo_runs_and_stops_cleanly(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "campusguard.cli",
+            "demo",
+            "--duration",
+            "2",
+            "--data-dir",
+            str(tmp_path),
+            "--http-port",
+            str(free_port()),
+        ],
+        cwd=ROOT,
+        env=env_with_pythonpath(),
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "the police received ADM-CID #1234|1120 01 001" in out
+    assert "police_received via primary" in out
+    assert "campusguard sim press 1 --url http://127.0.0.1:" in out
+    assert "demo stopped: alarms at the police: 2" in out
+    assert (tmp_path / "police-received.jsonl").read_text().count("1120 01 001") == 1
+    assert "Traceback" not in proc.stderr
