@@ -154,7 +154,7 @@ def _say(text: str = "") -> None:
 async def run_demo(
     data_dir: Path, duration: float | None, broker_port: int = 0, http_port: int = 8080
 ) -> None:
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (once, at start)
     police_log = data_dir / "police-received.jsonl"
     async with contextlib.AsyncExitStack() as stack:
         broker = await stack.enter_async_context(embedded_broker(broker_port))
@@ -221,7 +221,7 @@ async def _report_forever(police: PoliceReceiver, duration: float | None) -> Non
     while deadline is None or time.monotonic() < deadline:
         remaining = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
         with contextlib.suppress(TimeoutError):
-            await police.wait_for(lambda: len(police.messages) > seen, timeout=remaining)
+            await police.wait_for(lambda s=seen: len(police.messages) > s, timeout=remaining)
         for m in police.messages[seen:]:
             _say(f"  police <- {m.token} {m.data} (seq {m.seq})")
         seen = len(police.messages)
