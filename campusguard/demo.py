@@ -220,8 +220,12 @@ async def _report_forever(police: PoliceReceiver, duration: float | None) -> Non
     deadline = None if duration is None else time.monotonic() + duration
     while deadline is None or time.monotonic() < deadline:
         remaining = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
-        with contextlib.suppress(TimeoutError):
-            await police.wait_for(lambda s=seen: len(police.messages) > s, timeout=remaining)
+        await _wait_beyond(police, seen, remaining)
         for m in police.messages[seen:]:
             _say(f"  police <- {m.token} {m.data} (seq {m.seq})")
         seen = len(police.messages)
+
+
+async def _wait_beyond(police: PoliceReceiver, count: int, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await police.wait_for(lambda: len(police.messages) > count, timeout=seconds)

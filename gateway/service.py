@@ -73,6 +73,7 @@ def _dc09_sender(cfg: GatewayConfig, on_health: HealthCallback) -> DC09Sender | 
 async def run_gateway(cfg: GatewayConfig) -> AsyncIterator[GatewayRuntime]:
     cfg.gateway.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(cfg.database.url)
+    store: Store | None = None
     try:
         await migrate(engine)
         store = Store(engine)
@@ -124,6 +125,8 @@ async def run_gateway(cfg: GatewayConfig) -> AsyncIterator[GatewayRuntime]:
             )
             yield rt
     finally:
+        if store is not None:
+            await store.drain()
         await engine.dispose()
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what CampusGuard needs on Debian/Ubuntu: a virtualenv with the project, and for the
-# tests the distribution's Mosquitto and socat. Safe to run again; does only what is missing.
+# tests the distribution's Mosquitto, PostgreSQL and socat. Safe to run again; does only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +17,8 @@ if [ "$want_system" = "test" ]; then
     missing=()
     command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
     command -v socat >/dev/null 2>&1 || missing+=(socat)
+    command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+        || missing+=(postgresql)
     if [ ${#missing[@]} -gt 0 ]; then
         if [ "$(id -u)" = 0 ]; then
             echo "installing ${missing[*]} ..." >&2
@@ -24,9 +26,10 @@ if [ "$want_system" = "test" ]; then
             apt-get update -qq >/dev/null
             apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
             # The package enables a broker on port 1883; the tests start their own.
-            if [[ " ${missing[*]} " == *" mosquitto "* ]]; then
-                systemctl disable --now mosquitto >/dev/null 2>&1 || true
-            fi
+            # The packages enable system services; the tests start their own on free ports.
+            for svc in mosquitto postgresql; do
+                systemctl disable --now "$svc" >/dev/null 2>&1 || true
+            done
         else
             echo "the tests need: ${missing[*]}. Install them with:" >&2
             echo "  sudo apt-get install ${missing[*]}" >&2

@@ -28,11 +28,13 @@ def start_gateway(cfg_file: Path, log: Path) -> subprocess.Popen[bytes]:
     )
 
 
-async def test_sigkill_mid_relay_delivers_once(mosquitto: Mosquitto, tmp_path: Path) -> None:
+async def test_sigkill_mid_relay_delivers_once(
+    mosquitto: Mosquitto, tmp_path: Path, db_url: str
+) -> None:
     # The receiver takes the first frames but swallows its replies: the gateway is waiting for
     # the ACK (mid-relay) when it is killed.
     async with PoliceReceiver(udp=False, drop_replies=1000) as police:
-        cfg = gateway_config(tmp_path, mosquitto.port, police.tcp_port)
+        cfg = gateway_config(tmp_path, mosquitto.port, police.tcp_port, db_url=db_url)
         cfg_file = tmp_path / "gateway.yaml"
         cfg_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True))
         log = tmp_path / "gateway.log"

@@ -23,9 +23,11 @@ async def collect_status(c: aiomqtt.Client, into: list[AlarmStatus]) -> None:
         into.append(AlarmStatus.model_validate_json(bytes(m.payload)))  # type: ignore[arg-type]
 
 
-async def test_panic_relayed_once_and_campus_told(mosquitto: Mosquitto, tmp_path: Path) -> None:
+async def test_panic_relayed_once_and_campus_told(
+    mosquitto: Mosquitto, tmp_path: Path, db_url: str
+) -> None:
     async with PoliceReceiver(udp=False) as police:
-        cfg = gateway_config(tmp_path, mosquitto.port, police.tcp_port, http=True)
+        cfg = gateway_config(tmp_path, mosquitto.port, police.tcp_port, http=True, db_url=db_url)
         async with run_gateway(cfg) as gw, client(mosquitto.port) as campus:
             await campus.subscribe(topics.alarm_status_topic(CAMPUS), qos=1)
             statuses: list[AlarmStatus] = []
@@ -139,9 +141,11 @@ async def _state(gw, alarm_id: str, state: str) -> bool:  # type: ignore[no-unty
     return found is not None and found[0].state == state
 
 
-async def test_police_down_retries_until_up(mosquitto: Mosquitto, tmp_path: Path) -> None:
+async def test_police_down_retries_until_up(
+    mosquitto: Mosquitto, tmp_path: Path, db_url: str
+) -> None:
     port = free_port()
-    cfg = gateway_config(tmp_path, mosquitto.port, port)
+    cfg = gateway_config(tmp_path, mosquitto.port, port, db_url=db_url)
     async with run_gateway(cfg) as gw, client(mosquitto.port) as campus:
         await wait_for(gw.mqtt.connected.is_set)
         ev = make_event()
@@ -156,9 +160,11 @@ async def test_police_down_retries_until_up(mosquitto: Mosquitto, tmp_path: Path
             assert {(c.qualifier, c.code) for c in faults if c} <= {(1, 350), (3, 350)}
 
 
-async def test_edge_lost_is_transmission_fault(mosquitto: Mosquitto, tmp_path: Path) -> None:
+async def test_edge_lost_is_transmission_fault(
+    mosquitto: Mosquitto, tmp_path: Path, db_url: str
+) -> None:
     async with PoliceReceiver(udp=False) as police:
-        cfg = gateway_config(tmp_path, mosquitto.port, police.tcp_port)
+        cfg = gateway_config(tmp_path, mosquitto.port, police.tcp_port, db_url=db_url)
         async with run_gateway(cfg) as gw, client(mosquitto.port) as campus:
             await wait_for(gw.mqtt.connected.is_set)
             t = topics.edge_state_topic(CAMPUS)
@@ -181,3 +187,28 @@ async def test_edge_lost_is_transmission_fault(mosquitto: Mosquitto, tmp_path: P
             await police.wait_for(lambda: len(police.alarms) >= 2)
             cid = police.alarms[1].contact_id
             assert cid is not None and (cid.qualifier, cid.code) == (3, 350)
+
+
+async def test_supervision_failure_is_transmission_fault(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """NULL link tests at a short interval: a receiver that stops answering is a path fault,
+    reported to the campus' alarm list and, once the path is back, restored."""
+    async with PoliceReceiver(udp=False) as police:
+        cfg = gateway_config(tmp_path, mosquitto.port, police.tcp_port, supervision=0.2)
+        async with run_gateway(cfg) as gw:
+            await wait_for(gw.mqtt.connected.is_set)
+            await police.wait_for(lambda: police.counters.null >= 1)
+            police.pause()  # stops answering, as a dead receiver would
+
+            async def fault_stored() -> bool:
+                return any(a.kind == "transmission_fault" for a in await gw.store.alarms())
+
+            await wait_for(fault_stored, timeout=5, what="path fault alarm")
+            assert gw.paths["primary"].ok is False
+            police.resume()
+            await wait_for(lambda: gw.paths["primary"].ok, timeout=5, what="path restored")
+            # Both the fault and its restore reach the receiver once it answers again.
+            await police.wait_for(
+                lambda: {"YC", "YK"} <= {m.code for m in police.alarms}, timeout=10
+            )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -20,6 +23,9 @@ from gateway.store.models import (
     RelayCounter,
     RelayJob,
 )
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def now() -> datetime:
@@ -42,13 +48,40 @@ class ClaimedJob:
     event: Event
 
 
+def _shielded(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """Run a store operation to its end even if the caller is cancelled.
+
+    A transaction cancelled half-way leaves its pooled connection in an unknown state (the
+    rollback itself is cancelled); with SQLite's single connection the next caller would wait
+    for it forever. The caller still sees its CancelledError at once.
+    """
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        store = args[0]
+        assert isinstance(store, Store)
+        task = asyncio.ensure_future(fn(*args, **kwargs))
+        store._inflight.add(task)
+        task.add_done_callback(store._inflight.discard)
+        return await asyncio.shield(task)
+
+    return wrapper
+
+
 class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.session = async_sessionmaker(engine, expire_on_commit=False)
+        self._inflight: set[asyncio.Future[Any]] = set()
+
+    async def drain(self) -> None:
+        """Wait for operations whose callers were cancelled (call before disposing the engine)."""
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
 
     # --- ingest ---------------------------------------------------------------------------
 
+    @_shielded
     async def ingest_event(
         self, event: Event, relay_to: list[str], worker: str, lease: float = 30.0
     ) -> tuple[bool, list[ClaimedJob]]:
@@ -155,6 +188,7 @@ class Store:
             published=False,
         )
 
+    @_shielded
     async def set_alarm_state(
         self, alarm_id: str, state: str, *, path: str | None = None, note: str = ""
     ) -> bool:
@@ -175,6 +209,7 @@ class Store:
             s.add(self._step(alarm_id, alarm.campus, state, ts, path, note))
         return True
 
+    @_shielded
     async def upsert_device_status(self, st: DeviceStatus) -> None:
         async with self.session() as s, s.begin():
             row = await s.get(DeviceStatusRow, (st.campus, st.device))
@@ -194,6 +229,7 @@ class Store:
                 for k, v in values.items():
                     setattr(row, k, v)
 
+    @_shielded
     async def upsert_edge_state(self, st: EdgeState) -> bool | None:
         """Store the edge's state; returns what it was before (None if never seen)."""
         async with self.session() as s, s.begin():
@@ -223,6 +259,7 @@ class Store:
 
     # --- relay queue ----------------------------------------------------------------------
 
+    @_shielded
     async def claim_jobs(
         self, sink: str, worker: str, limit: int = 10, lease: float = 30.0
     ) -> list[ClaimedJob]:
@@ -274,6 +311,7 @@ class Store:
                 )
         return out
 
+    @_shielded
     async def release_claims(self, worker: str) -> int:
         """At start: jobs this worker held when it died are free again at once (no lease wait)."""
         async with self.session() as s, s.begin():
@@ -284,6 +322,7 @@ class Store:
             )
             return int(res.rowcount)  # type: ignore[attr-defined]
 
+    @_shielded
     async def assign_seq(self, job: ClaimedJob, modulo: int = 9999) -> int:
         """Fix the job's protocol sequence number before its first send (see RelayJob)."""
         async with self.session() as s, s.begin():
@@ -293,6 +332,7 @@ class Store:
                 row.seq = await self._next_seq(s, job.sink, modulo)
             return row.seq
 
+    @_shielded
     async def finish_job(
         self, job: ClaimedJob, state: str, *, attempts: int, error: str | None = None
     ) -> None:
@@ -309,6 +349,7 @@ class Store:
                 )
             )
 
+    @_shielded
     async def retry_job(self, job: ClaimedJob, *, attempts: int, delay: float, error: str) -> None:
         async with self.session() as s, s.begin():
             await s.execute(
@@ -323,6 +364,7 @@ class Store:
                 )
             )
 
+    @_shielded
     async def pending_jobs(self) -> int:
         async with self.session() as s:
             rows = (
@@ -332,6 +374,7 @@ class Store:
 
     # --- downlink to campuses -------------------------------------------------------------
 
+    @_shielded
     async def unpublished_steps(self, limit: int = 100) -> list[AlarmStep]:
         async with self.session() as s:
             rows = (
@@ -344,6 +387,7 @@ class Store:
             ).scalars()
             return list(rows)
 
+    @_shielded
     async def mark_published(self, ids: list[int]) -> None:
         if not ids:
             return
@@ -352,6 +396,7 @@ class Store:
 
     # --- queries --------------------------------------------------------------------------
 
+    @_shielded
     async def alarms(self, campus: str | None = None, limit: int = 100) -> list[AlarmRow]:
         async with self.session() as s:
             q = select(AlarmRow).order_by(AlarmRow.received_at.desc()).limit(limit)
@@ -359,6 +404,7 @@ class Store:
                 q = q.where(AlarmRow.campus == campus)
             return list((await s.execute(q)).scalars())
 
+    @_shielded
     async def alarm(self, alarm_id: str) -> tuple[AlarmRow, list[AlarmStep]] | None:
         async with self.session() as s:
             row = await s.get(AlarmRow, alarm_id)
@@ -371,6 +417,7 @@ class Store:
             ).scalars()
             return row, list(steps)
 
+    @_shielded
     async def devices(self, campus: str | None = None) -> list[DeviceStatusRow]:
         async with self.session() as s:
             q = select(DeviceStatusRow).order_by(
@@ -380,6 +427,7 @@ class Store:
                 q = q.where(DeviceStatusRow.campus == campus)
             return list((await s.execute(q)).scalars())
 
+    @_shielded
     async def edges(self) -> list[EdgeStateRow]:
         async with self.session() as s:
             return list((await s.execute(select(EdgeStateRow))).scalars())
