@@ -212,3 +212,17 @@ async def test_supervision_failure_is_transmission_fault(
             await police.wait_for(
                 lambda: {"YC", "YK"} <= {m.code for m in police.alarms}, timeout=10
             )
+
+
+async def test_encrypted_dc09(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    key_hex = "000102030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F"  # AES-256
+    async with PoliceReceiver(udp=False, key=bytes.fromhex(key_hex)) as police:
+        cfg = gateway_config(tmp_path, mosquitto.port, police.tcp_port, key_hex=key_hex)
+        async with run_gateway(cfg) as gw, client(mosquitto.port) as campus:
+            await wait_for(gw.mqtt.connected.is_set)
+            ev = make_event()
+            await publish_event(campus, ev)
+            await police.wait_for(lambda: len(police.alarms) == 1)
+            assert police.alarms[0].encrypted
+            assert police.alarms[0].code == "PA"
+            await wait_for(lambda: _state(gw, ev.id, "police_received"))
