@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 import ssl
-from collections.abc import Coroutine
-from typing import Any
 
 import aiomqtt
 
@@ -41,22 +38,3 @@ class Backoff:
 
     def reset(self) -> None:
         self._n = 0
-
-
-async def run_together(*coros: Coroutine[Any, Any, None]) -> None:
-    """Run the loops of one connection until the first of them fails; cancel the rest.
-
-    Not ``asyncio.TaskGroup``: on Python 3.11 a child that fails while the group is exiting
-    leaves the parent task with a stray cancellation request (fixed in 3.12), which would make
-    the reconnect loop around this stop for good.
-    """
-    tasks = [asyncio.create_task(c) for c in coros]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    for t in done:
-        if not t.cancelled() and (exc := t.exception()) is not None:
-            raise exc

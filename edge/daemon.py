@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 
 from contract import topics
+from contract.aio import cancel_and_wait
 from contract.config import EdgeConfig, ModbusDeviceConfig
 from contract.models import MAX_PAYLOAD_BYTES, AlarmStatus, Event, Receipt
 from drivers.modbus.bus import ModbusBus, ModbusConnection
@@ -99,11 +100,11 @@ async def run_edge(cfg: EdgeConfig) -> AsyncIterator[EdgeRuntime]:
                 rt.pollers[dev.id] = ModbusPoller(
                     dev, cfg.campus.id, reader, sink, outbox, saved, cfg.edge.status_interval
                 )
-            async with asyncio.TaskGroup() as tg:
-                tasks = [
-                    tg.create_task(p.run(), name=f"poll-{dev_id}")
-                    for dev_id, p in rt.pollers.items()
-                ]
+            tasks = [
+                asyncio.create_task(p.run(), name=f"poll-{dev_id}")
+                for dev_id, p in rt.pollers.items()
+            ]
+            try:
                 log.info(
                     "edge %s of campus %s running: %d device(s), broker %s:%d",
                     cfg.edge.id,
@@ -112,11 +113,9 @@ async def run_edge(cfg: EdgeConfig) -> AsyncIterator[EdgeRuntime]:
                     cfg.mqtt.host,
                     cfg.mqtt.port,
                 )
-                try:
-                    yield rt
-                finally:
-                    for t in tasks:
-                        t.cancel()
+                yield rt
+            finally:
+                await cancel_and_wait(tasks)
 
 
 async def _handle_down(rt: EdgeRuntime, topic: str, payload: bytes) -> None:

@@ -11,8 +11,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from contract import topics
+from contract.aio import cancel_requested
 from contract.config import ModbusDeviceConfig
 from contract.models import DetailValue, DeviceStatus, utcnow
 from drivers.modbus.errors import DeviceTimeout, ModbusDeviceError
@@ -62,6 +64,8 @@ class ModbusPoller:
         interval = self.cfg.poll_interval
         deadline = time.monotonic()
         while True:
+            if cancel_requested():
+                raise asyncio.CancelledError  # a library swallowed our cancellation
             try:
                 await self.poll_once()
             except Exception:
@@ -157,7 +161,7 @@ class ModbusPoller:
             last_response=(
                 None
                 if self.last_response is None
-                else utcnow().fromtimestamp(self.last_response, tz=utcnow().tzinfo)
+                else datetime.fromtimestamp(self.last_response, UTC)
             ),
             latency_ms=None if self.last_latency is None else round(self.last_latency * 1e3, 3),
             error=None if self.online else (self.last_error or "no answer yet"),

@@ -12,15 +12,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from types import TracebackType
-from typing import Self
 
 import aiomqtt
 
 from contract import topics
+from contract.aio import Service, cancel_requested, run_together
 from contract.config import MqttConfig
 from contract.models import EdgeState, utcnow
-from contract.mqtt import Backoff, run_together, tls_params
+from contract.mqtt import Backoff, tls_params
 from edge.outbox import Outbox, OutboxItem
 
 log = logging.getLogger(__name__)
@@ -36,15 +35,10 @@ BATCH = 32
 behind a burst of telemetry waits at most one batch's round trip."""
 
 
-def _reraise_if_cancelling() -> None:
-    """aiomqtt can turn a cancellation during connect into an MqttError; never retry then."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
-class Uplink:
+class Uplink(Service):
     """Owns the MQTT connection of one campus edge."""
+
+    task_name = "uplink"
 
     def __init__(
         self,
@@ -55,13 +49,13 @@ class Uplink:
         on_message: MessageHandler | None = None,
         version: str = "",
     ) -> None:
+        super().__init__()
         self._cfg = cfg
         self._campus = campus
         self._edge = edge_id
         self._outbox = outbox
         self._on_message = on_message
         self._version = version
-        self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
         self.sent = 0
         self.on_state: Callable[[bool], None] | None = None
@@ -97,18 +91,6 @@ class Uplink:
                 state_topic, self._state_payload(False, "connection lost"), qos=1, retain=True
             ),
         )
-
-    async def __aenter__(self) -> Self:
-        self._task = asyncio.create_task(self._run(), name="uplink")
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
     def _set_connected(self, up: bool) -> None:
         if up == self.connected.is_set():
@@ -149,7 +131,9 @@ class Uplink:
                     self._set_connected(True)
                     await run_together(self._drain(client), self._receive(client))
             except aiomqtt.MqttError as exc:
-                _reraise_if_cancelling()
+                if cancel_requested():
+                    # aiomqtt can turn a cancellation during connect into an MqttError.
+                    raise asyncio.CancelledError from None
                 self._set_connected(False)
                 delay = backoff.next()
                 log.debug("uplink connect failed (%s); retry in %.2fs", exc, delay)

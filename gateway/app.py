@@ -54,7 +54,7 @@ class AlarmDetail(AlarmOut):
     timeline: list[StepOut]
 
 
-def _alarm(row: Any) -> dict[str, Any]:
+def _row(row: Any) -> dict[str, Any]:
     return {
         k: (aware(v) if isinstance(v, datetime) else v)
         for k, v in row.__dict__.items()
@@ -80,7 +80,7 @@ def create_app(rt: GatewayRuntime) -> FastAPI:
     async def alarms(
         campus: str | None = None, limit: int = Query(100, ge=1, le=1000)
     ) -> list[dict[str, Any]]:
-        return [_alarm(r) for r in await rt.store.alarms(campus, limit)]
+        return [_row(r) for r in await rt.store.alarms(campus, limit)]
 
     @app.get("/api/alarms/{alarm_id}", response_model=AlarmDetail)
     async def alarm(alarm_id: str) -> dict[str, Any]:
@@ -88,7 +88,7 @@ def create_app(rt: GatewayRuntime) -> FastAPI:
         if found is None:
             raise HTTPException(404, f"no alarm {alarm_id}")
         row, steps = found
-        out = _alarm(row)
+        out = _row(row)
         out["timeline"] = [
             {"state": s.state, "ts": aware(s.ts), "path": s.path, "note": s.note} for s in steps
         ]
@@ -96,11 +96,11 @@ def create_app(rt: GatewayRuntime) -> FastAPI:
 
     @app.get("/api/devices")
     async def devices(campus: str | None = None) -> list[dict[str, Any]]:
-        return [_alarm(r) for r in await rt.store.devices(campus)]
+        return [_row(r) for r in await rt.store.devices(campus)]
 
     @app.get("/api/edges")
     async def edges() -> list[dict[str, Any]]:
-        return [_alarm(r) for r in await rt.store.edges()]
+        return [_row(r) for r in await rt.store.edges()]
 
     @app.get("/api/stats")
     async def stats() -> dict[str, Any]:

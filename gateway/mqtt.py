@@ -10,15 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from types import TracebackType
-from typing import Self
 
 import aiomqtt
 
 from contract import topics
+from contract.aio import Service, cancel_requested, run_together
 from contract.config import MqttConfig
 from contract.models import AlarmStatus, Receipt
-from contract.mqtt import Backoff, run_together, tls_params
+from contract.mqtt import Backoff, tls_params
 from gateway.ingest import Ingest
 from gateway.store.repo import Store, aware
 
@@ -28,7 +27,9 @@ DOWNLINK_SCAN = 0.5
 """Fallback scan for unpublished alarm steps; normally a step is pushed as soon as it is stored."""
 
 
-class GatewayMqtt:
+class GatewayMqtt(Service):
+    task_name = "gateway-mqtt"
+
     def __init__(
         self,
         cfg: MqttConfig,
@@ -37,27 +38,15 @@ class GatewayMqtt:
         ingest: Ingest,
         store: Store,
     ) -> None:
+        super().__init__()
         self._cfg = cfg
         self._id = gateway_id
         self._share = share_group
         self._ingest = ingest
         self._store = store
-        self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
         self.wake_downlink = asyncio.Event()
         self._receipts: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
-
-    async def __aenter__(self) -> Self:
-        self._task = asyncio.create_task(self._run(), name="gateway-mqtt")
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
     def _client(self) -> aiomqtt.Client:
         client = aiomqtt.Client(
@@ -96,8 +85,7 @@ class GatewayMqtt:
                         self._send_receipts(client),
                     )
             except aiomqtt.MqttError as exc:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
+                if cancel_requested():
                     # aiomqtt can turn a cancellation during connect into an MqttError.
                     raise asyncio.CancelledError from None
                 self.connected.clear()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 from contract.config import CampusAccount, Dc09Code, Dc09Config
 from contract.models import Event
@@ -80,6 +79,3 @@ class Dc09Sink:
         return Delivery(
             "failed", result.path, f"no ACK ({result.reply}) after {result.attempts} tries"
         )
-
-
-PathCallback = Callable[[str, bool, str], None]

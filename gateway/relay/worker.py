@@ -7,13 +7,11 @@ back-off for as long as it takes; the campus is told of each outcome.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
-from types import TracebackType
-from typing import Self
 
+from contract.aio import Service, cancel_requested
 from gateway.relay.base import Sink
 from gateway.store.repo import ClaimedJob, Store
 
@@ -24,30 +22,20 @@ SCAN_INTERVAL = 0.5
 that died mid-relay). New alarms do not wait for this: ingest hands them over directly."""
 
 
-class RelayWorker:
+class RelayWorker(Service):
+    task_name = "relay"
+
     def __init__(self, store: Store, sink: Sink, worker_id: str, lease: float = 30.0) -> None:
+        super().__init__()
         self.store = store
         self.sink = sink
         self.worker_id = worker_id
         self.lease = lease
         self._queue: asyncio.Queue[ClaimedJob] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
         self.delivered = 0
         self.failed_attempts = 0
         self.on_step: Callable[[], None] | None = None
         """Called after a step of an alarm's life was stored (to push it to the campus)."""
-
-    async def __aenter__(self) -> Self:
-        self._task = asyncio.create_task(self._run(), name=f"relay-{self.sink.name}")
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
     def submit(self, job: ClaimedJob) -> None:
         """Hand over a job that ingest already claimed for this worker."""
@@ -56,6 +44,8 @@ class RelayWorker:
     async def _run(self) -> None:
         last_scan = -SCAN_INTERVAL
         while True:
+            if cancel_requested():
+                raise asyncio.CancelledError  # a library swallowed our cancellation
             # Scan on a clock, not only when idle: under a steady stream of new alarms the
             # retries and orphaned jobs must still get their turn.
             if time.monotonic() - last_scan >= SCAN_INTERVAL:
