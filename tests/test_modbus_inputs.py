@@ -10,8 +10,10 @@ import random
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
+import yaml
 
 from drivers.modbus import (
     Backoff,
@@ -530,3 +532,36 @@ async def test_eol_from_a_voltage_input(tmp_path):
     ]
     assert reading.channels[1].ohms == pytest.approx(1000.0)
     assert conn.asked == [("input_register", 100, 4)]  # one request for all three
+
+
+async def test_eol_four_state_module(tmp_path: Path) -> None:
+    """A module that classifies its loops itself and reports a state code per channel (a
+    4-state EOL input). The simulated ZLAN's loop registers serve as that code register: the
+    bytes on the wire are real, only the meaning comes from this profile."""
+    base = load_profile("zlan6042-res").model_dump(mode="json", exclude_none=True)
+    base["model"] = "4-state EOL module (test)"
+    base["capabilities"]["analog"] = {
+        "read": base["capabilities"]["analog"]["read"],
+        "quantity": "state",
+        "state_codes": {0: "normal", 1: "alarm", 2: "cut", 3: "short"},
+    }
+    path = tmp_path / "four-state.yaml"
+    path.write_text(yaml.safe_dump(base, allow_unicode=True))
+    profile = load_profile(path)
+    specs = [ChannelSpec(channel=0, mode="eol")]
+    async with (
+        DIModuleSimulator("zlan6042-res") as sim,
+        ModbusBus(timeout=TIMEOUT, backoff=FAST_BACKOFF) as bus,
+    ):
+        reader = DIModuleReader(bus.get_tcp("127.0.0.1", sim.port), profile, 1, specs)
+        seen = []
+        for code in (0, 1, 2, 3, 7):
+            sim.set_resistance(0, code)
+            seen.append((await reader.read()).channels[0].eol)
+        assert seen == [
+            EolState.NORMAL,
+            EolState.ALARM,
+            EolState.CUT,
+            EolState.SHORT,
+            EolState.UNKNOWN,
+        ]

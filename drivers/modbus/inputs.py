@@ -457,6 +457,17 @@ class DIModuleReader:
         analog = self.profile.capabilities.analog
         assert analog is not None
         assert spec.eol is not None
+        if analog.quantity == "state":
+            # The module classified the loop itself (a 4-state EOL input): map its code.
+            assert analog.state_codes is not None
+            code = analog.state_codes.get(raw)
+            state = EolState(code) if code is not None else EolState.UNKNOWN
+            violated = None if state is EolState.UNKNOWN else state is not EolState.NORMAL
+            rose = memory.violated.get(ch) is False and violated is True
+            if violated is not None:
+                memory.violated[ch] = violated
+            memory.eol[ch] = state
+            return ChannelReading(ch, "eol", violated, int(rose) + owed, eol=state, raw=raw)
         value = analog.to_units(raw)
         if analog.quantity == "voltage":
             assert spec.eol.supply_v is not None

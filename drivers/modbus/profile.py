@@ -192,12 +192,17 @@ class CounterCapability(BaseModel):
 
 
 class AnalogCapability(BaseModel):
-    """A loop resistance or voltage per channel, usable for end-of-line supervision."""
+    """A loop resistance or voltage per channel, usable for end-of-line supervision; or a
+    module that classifies the loop itself and reports a state code (``quantity: state``)."""
 
     model_config = _Strict
 
     read: PointRef
-    quantity: Literal["resistance", "voltage"]
+    quantity: Literal["resistance", "voltage", "state"]
+    state_codes: dict[int, Literal["normal", "alarm", "cut", "short"]] | None = Field(
+        default=None,
+        description="quantity 'state': register value -> loop state; other values are unknown",
+    )
     scale: float = Field(default=1.0, gt=0, description="ohms or volts per count")
     offset: float = Field(default=0.0, description="ohms or volts at count 0")
     full_scale: int = Field(
@@ -211,6 +216,8 @@ class AnalogCapability(BaseModel):
     def _registers(self) -> Self:
         if self.read.table not in REGISTER_TABLES:
             raise ValueError(f"analog values live in registers, not in a {self.read.table}")
+        if (self.quantity == "state") != (self.state_codes is not None):
+            raise ValueError("state_codes go with quantity 'state', and only with it")
         return self
 
     def to_units(self, raw: int) -> float:
