@@ -48,6 +48,18 @@ def _load(path: Path, model: Any) -> Any:
         raise typer.Exit(2) from None
 
 
+def _load_edge(path: Path) -> EdgeConfig:
+    from edge.daemon import check_devices
+
+    cfg: EdgeConfig = _load(path, EdgeConfig)
+    try:
+        check_devices(cfg, str(path))
+    except ConfigError as exc:
+        typer.echo(f"campusguard: config error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    return cfg
+
+
 def _run(coro: Any) -> None:
     # Ctrl-C: asyncio cancels the main task, so every context manager closes in order.
     with contextlib.suppress(KeyboardInterrupt):
@@ -57,7 +69,7 @@ def _run(coro: Any) -> None:
 @app.command()
 def edge(config: ConfigOpt, verbose: Verbose = False) -> None:
     """Run a campus edge daemon: poll devices, queue events on disk, send them over MQTT."""
-    cfg = _load(config, EdgeConfig)
+    cfg = _load_edge(config)
     _logging(verbose)
     from edge.daemon import run_forever
 
@@ -153,8 +165,10 @@ def config_check(
     kind: Annotated[str, typer.Option(help="edge or gateway")] = "edge",
 ) -> None:
     """Validate a config file; exit 2 with one clear message if it is wrong."""
-    model = EdgeConfig if kind == "edge" else GatewayConfig
-    _load(path, model)
+    if kind == "edge":
+        _load_edge(path)
+    else:
+        _load(path, GatewayConfig)
     typer.echo(f"{path}: ok")
 
 

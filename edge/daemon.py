@@ -18,10 +18,11 @@ from pydantic import ValidationError
 
 from contract import topics
 from contract.aio import cancel_and_wait
-from contract.config import EdgeConfig, ModbusDeviceConfig
+from contract.config import ConfigError, EdgeConfig, ModbusDeviceConfig
 from contract.models import MAX_PAYLOAD_BYTES, AlarmStatus, Event, Receipt
 from drivers.modbus.bus import ModbusBus, ModbusConnection
-from drivers.modbus.inputs import ChannelSpec, DIModuleReader, EolParams
+from drivers.modbus.errors import ProfileError
+from drivers.modbus.inputs import ChannelSpec, DIModuleReader, EolParams, check_channel
 from drivers.modbus.profile import load_profile
 from edge.events import EventSink
 from edge.outbox import Outbox
@@ -56,6 +57,29 @@ def channel_specs(dev: ModbusDeviceConfig) -> list[ChannelSpec]:
         )
         for i in dev.inputs
     ]
+
+
+def check_devices(cfg: EdgeConfig, source: str) -> None:
+    """Load every device's profile and check its inputs against it, before anything starts.
+
+    Raises:
+        ConfigError: naming the file, the key and what is wrong.
+    """
+    for i, dev in enumerate(cfg.devices):
+        try:
+            profile = load_profile(dev.profile)
+        except ProfileError as exc:
+            raise ConfigError(f"{source}: devices[{i}].profile: {exc}") from None
+        if dev.transport not in profile.transports:
+            raise ConfigError(
+                f"{source}: devices[{i}].transport: {profile.model} speaks "
+                f"{', '.join(profile.transports)}, not {dev.transport}"
+            )
+        for j, (spec, inp) in enumerate(zip(channel_specs(dev), dev.inputs, strict=True)):
+            try:
+                check_channel(profile, spec)
+            except ValueError as exc:
+                raise ConfigError(f"{source}: devices[{i}].inputs[{j}] ({inp.id}): {exc}") from None
 
 
 def _connection(bus: ModbusBus, dev: ModbusDeviceConfig) -> ModbusConnection:

@@ -187,3 +187,37 @@ def test_cli_config_error_exit_code(tmp_path: Path) -> None:
     assert len(lines) == 1, proc.stderr
     assert str(f) in lines[0] and "campuses[0].acount" in lines[0]
     assert "did you mean 'account'" in lines[0]
+
+
+def _check(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "campusguard.cli", "config", "check", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+
+
+def test_config_check_knows_the_profiles(tmp_path: Path) -> None:
+    ok = _check(ROOT / "config" / "edge.example.yaml")
+    assert ok.returncode == 0, ok.stderr
+    f = tmp_path / "edge.yaml"
+    f.write_text(
+        "campus: {id: c1, name: X}\n"
+        "devices:\n"
+        "  - {id: di, profile: adam-6099, host: h, inputs: [{channel: 0, id: b}]}\n"
+    )
+    bad = _check(f)
+    assert bad.returncode == 2
+    assert "devices[0].profile" in bad.stderr and "adam-6050" in bad.stderr
+    # Moxa E1210 has no latch registers: latch mode is refused with the profile's reason.
+    f.write_text(
+        "campus: {id: c1, name: X}\n"
+        "devices:\n"
+        "  - {id: di, profile: moxa-e1210, host: h, inputs: [{channel: 0, id: b, mode: latch}]}\n"
+    )
+    bad = _check(f)
+    assert bad.returncode == 2
+    assert "devices[0].inputs[0] (b)" in bad.stderr and "use counter mode" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1

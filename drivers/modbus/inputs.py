@@ -205,6 +205,29 @@ def _plan(ref: PointRef, channels: Sequence[int], width: int, max_count: int) ->
     return _Plan(ref.wire_table, spans, addresses, width)
 
 
+def check_channel(profile: Profile, spec: ChannelSpec) -> None:
+    """Raise ValueError when ``profile``'s module cannot read ``spec`` (no I/O: for config
+    checks before anything starts, and for the reader itself)."""
+    if spec.channel >= profile.channels:
+        raise ValueError(
+            f"channel {spec.channel}: {profile.model} has channels 0..{profile.channels - 1}"
+        )
+    needs = _MODE_NEEDS.get(spec.mode)
+    if needs is not None and not profile.supports(needs):
+        why = profile.unavailable.get(needs, "not in the profile")
+        raise ValueError(
+            f"channel {spec.channel}: {profile.model} cannot do mode {spec.mode!r}: {why}"
+        )
+    analog = profile.capabilities.analog
+    if spec.mode == "eol" and analog is not None and analog.quantity == "voltage":
+        assert spec.eol is not None
+        if spec.eol.supply_v is None:
+            raise ValueError(
+                f"channel {spec.channel}: {profile.model} measures volts; "
+                "give eol.supply_v and eol.series_ohm to get ohms"
+            )
+
+
 class DIModuleReader:
     """Reads the configured channels of one DI module (one unit id) on a shared connection.
 
@@ -272,27 +295,9 @@ class DIModuleReader:
         self._lock = asyncio.Lock()
 
     def _check_spec(self, spec: ChannelSpec) -> None:
-        profile = self.profile
-        if spec.channel >= profile.channels:
-            raise ValueError(
-                f"channel {spec.channel}: {profile.model} has channels 0..{profile.channels - 1}"
-            )
         if spec.channel in self.specs:
             raise ValueError(f"channel {spec.channel} configured twice")
-        needs = _MODE_NEEDS.get(spec.mode)
-        if needs is not None and not profile.supports(needs):
-            why = profile.unavailable.get(needs, "not in the profile")
-            raise ValueError(
-                f"channel {spec.channel}: {profile.model} cannot do mode {spec.mode!r}: {why}"
-            )
-        analog = profile.capabilities.analog
-        if spec.mode == "eol" and analog is not None and analog.quantity == "voltage":
-            assert spec.eol is not None
-            if spec.eol.supply_v is None:
-                raise ValueError(
-                    f"channel {spec.channel}: {profile.model} measures volts; "
-                    "give eol.supply_v and eol.series_ohm to get ohms"
-                )
+        check_channel(self.profile, spec)
 
     def reset(self) -> None:
         """Forget baselines and previous states (the next read starts afresh)."""
