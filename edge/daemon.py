@@ -122,7 +122,14 @@ async def run_edge(cfg: EdgeConfig) -> AsyncIterator[EdgeRuntime]:
                 unit = dev.unit if dev.unit is not None else profile.default_unit
                 reader = DIModuleReader(conn, profile, unit, channel_specs(dev))
                 rt.pollers[dev.id] = ModbusPoller(
-                    dev, cfg.campus.id, reader, sink, outbox, saved, cfg.edge.status_interval
+                    dev,
+                    cfg.campus.id,
+                    reader,
+                    sink,
+                    outbox,
+                    saved,
+                    uplink.set_retained,
+                    cfg.edge.status_interval,
                 )
             tasks = [
                 asyncio.create_task(p.run(), name=f"poll-{dev_id}")

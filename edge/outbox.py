@@ -24,8 +24,7 @@ T = TypeVar("T")
 
 PRIORITY_ALARM = 0
 PRIORITY_EVENT = 1
-PRIORITY_STATUS = 2
-PRIORITY_TELEMETRY = 3
+PRIORITY_TELEMETRY = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -34,7 +33,6 @@ CREATE TABLE IF NOT EXISTS outbox (
     topic TEXT NOT NULL,
     payload BLOB NOT NULL,
     retain INTEGER NOT NULL DEFAULT 0,
-    coalesce_key TEXT UNIQUE,
     receipt_key TEXT,
     sent_at REAL,
     created REAL NOT NULL
@@ -155,36 +153,6 @@ class Outbox:
         value = await self._run(work)
         self.changed.set()
         return value
-
-    async def put(
-        self,
-        topic: str,
-        payload: bytes,
-        priority: int,
-        *,
-        retain: bool = False,
-        coalesce_key: str | None = None,
-    ) -> None:
-        """Queue a message. With ``coalesce_key`` only the newest message of that key is kept
-        (a retained device status: only its latest value matters)."""
-
-        def work() -> None:
-            db = self.db
-            with db:
-                if coalesce_key is not None:
-                    gone = db.execute(
-                        "DELETE FROM outbox WHERE coalesce_key=?", (coalesce_key,)
-                    ).rowcount
-                    self._depth -= gone
-                db.execute(
-                    "INSERT INTO outbox(priority, topic, payload, retain, coalesce_key, created) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (priority, topic, payload, int(retain), coalesce_key, time.time()),
-                )
-            self._depth += 1
-
-        await self._run(work)
-        self.changed.set()
 
     async def peek(self, limit: int = 64, resend_before: float = 0.0) -> list[OutboxItem]:
         """What to send next: unsent messages, and those sent before ``resend_before`` whose

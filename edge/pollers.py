@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ from drivers.modbus.errors import DeviceTimeout, ModbusDeviceError
 from drivers.modbus.inputs import DIModuleReader, ModuleReading
 from edge.alarms import InputTracker
 from edge.events import EventSink
-from edge.outbox import PRIORITY_STATUS, Outbox
+from edge.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class ModbusPoller:
         sink: EventSink,
         outbox: Outbox,
         saved_states: dict[str, str],
+        publish_retained: Callable[[str, bytes], None],
         status_interval: float = 30.0,
     ) -> None:
         self.cfg = cfg
@@ -45,6 +47,7 @@ class ModbusPoller:
         self._sink = sink
         self._outbox = outbox
         self._status_interval = status_interval
+        self._publish_retained = publish_retained
         self.trackers = {
             i.channel: InputTracker(i, saved_states.get(self._key(i.id))) for i in cfg.inputs
         }
@@ -54,7 +57,8 @@ class ModbusPoller:
         self.last_response: float | None = None
         self.last_latency: float | None = None
         self.last_error: str | None = None
-        self._last_status = 0.0
+        # Spread the periodic refreshes of many devices over the interval.
+        self._last_status = time.monotonic() - random.uniform(0, status_interval)
         self.on_poll: Callable[[ModuleReading], None] | None = None
 
     def _key(self, point: str) -> str:
@@ -118,9 +122,9 @@ class ModbusPoller:
                 changed[self._key(tracker.cfg.id)] = tracker.state
         if changed:
             await self._outbox.save_point_states(changed)
-            await self.publish_status()
+            self.publish_status()
         elif time.monotonic() - self._last_status >= self._status_interval:
-            await self.publish_status()
+            self.publish_status()
         if self.on_poll is not None:
             self.on_poll(reading)
 
@@ -139,7 +143,7 @@ class ModbusPoller:
                 device_cfg=self.cfg,
                 detail={"error": self.last_error[:200]},
             )
-            await self.publish_status()
+            self.publish_status()
 
     async def _went_online(self) -> None:
         was_known = self.online is False
@@ -147,7 +151,7 @@ class ModbusPoller:
         if was_known:
             log.info("device %s is answering again", self.cfg.id)
             await self._sink.emit("device_online", device=self.cfg.id, device_cfg=self.cfg)
-        await self.publish_status()
+        self.publish_status()
 
     def status(self) -> DeviceStatus:
         points: dict[str, DetailValue] = {}
@@ -168,13 +172,10 @@ class ModbusPoller:
             points=points,
         )
 
-    async def publish_status(self) -> None:
+    def publish_status(self) -> None:
+        """Hand the current status to the uplink (in memory: no disk write on the poll path)."""
         self._last_status = time.monotonic()
-        topic = topics.device_status_topic(self._campus, self.cfg.id)
-        await self._outbox.put(
-            topic,
+        self._publish_retained(
+            topics.device_status_topic(self._campus, self.cfg.id),
             self.status().model_dump_json().encode(),
-            PRIORITY_STATUS,
-            retain=True,
-            coalesce_key=topic,
         )

@@ -60,6 +60,11 @@ class Uplink(Service):
         self.sent = 0
         self.on_state: Callable[[bool], None] | None = None
         self._closing = False
+        # Retained state (device status): only the newest value matters and it is rebuilt
+        # from the devices after a restart, so it lives in memory, not in the fsynced outbox.
+        self._retained: dict[str, bytes] = {}
+        self._dirty: set[str] = set()
+        self._retained_changed = asyncio.Event()
 
     def _state_payload(self, online: bool, reason: str) -> bytes:
         return (
@@ -91,6 +96,13 @@ class Uplink(Service):
                 state_topic, self._state_payload(False, "connection lost"), qos=1, retain=True
             ),
         )
+
+    def set_retained(self, topic: str, payload: bytes) -> None:
+        """Publish ``payload`` retained on ``topic`` as soon as possible, and again after every
+        reconnect; a newer value replaces one not yet sent."""
+        self._retained[topic] = payload
+        self._dirty.add(topic)
+        self._retained_changed.set()
 
     def _set_connected(self, up: bool) -> None:
         if up == self.connected.is_set():
@@ -128,8 +140,12 @@ class Uplink(Service):
                     for sub in topics.edge_subscriptions(self._campus):
                         await client.subscribe(sub, qos=1)
                     await self._outbox.resend_all_unconfirmed()
+                    self._dirty.update(self._retained)  # the broker may have lost them
+                    self._retained_changed.set()
                     self._set_connected(True)
-                    await run_together(self._drain(client), self._receive(client))
+                    await run_together(
+                        self._drain(client), self._receive(client), self._publish_retained(client)
+                    )
             except aiomqtt.MqttError as exc:
                 if cancel_requested():
                     # aiomqtt can turn a cancellation during connect into an MqttError.
@@ -184,6 +200,30 @@ class Uplink(Service):
             for res in results:
                 if isinstance(res, BaseException):
                     raise res
+
+    async def _publish_retained(self, client: aiomqtt.Client) -> None:
+        while True:
+            await self._retained_changed.wait()
+            self._retained_changed.clear()
+            while self._dirty:
+                topics_now = list(self._dirty)[:BATCH]
+                sends = []
+                for topic in topics_now:
+                    self._dirty.discard(topic)
+                    sends.append(
+                        client.publish(
+                            topic,
+                            self._retained[topic],
+                            qos=1,
+                            retain=True,
+                            timeout=self._cfg.connect_timeout,
+                        )
+                    )
+                try:
+                    await asyncio.gather(*sends)
+                except BaseException:
+                    self._dirty.update(topics_now)  # try again after the reconnect
+                    raise
 
     async def _publish(self, client: aiomqtt.Client, item: OutboxItem) -> None:
         await client.publish(
