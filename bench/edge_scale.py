@@ -248,12 +248,12 @@ class Recorder:
         return failed
 
     def put_hook(self, original: Any) -> Any:
-        """Time ``Outbox.put`` (status rows; the pollers await it inside their poll)."""
+        """Time the status hand-over (``Uplink.set_retained``, called inside the poll)."""
 
-        async def put(*args: Any, **kwargs: Any) -> None:
+        def put(*args: Any, **kwargs: Any) -> None:
             t = time.monotonic()
             try:
-                await original(*args, **kwargs)
+                original(*args, **kwargs)
             finally:
                 if self.collecting:
                     self.put_latency.append(time.monotonic() - t)
@@ -316,7 +316,8 @@ async def measure_size(
                     events.append(ev.kind)
 
             edge.sink.listeners.append(on_event)
-            edge.outbox.put = rec.put_hook(edge.outbox.put)  # type: ignore[method-assign]
+            for poller in edge.pollers.values():
+                poller._publish_retained = rec.put_hook(poller._publish_retained)
             for dev_id, poller in edge.pollers.items():
                 poller.on_poll = rec.hook(dev_id)
                 poller._failed = rec.failure_hook(poller._failed)  # type: ignore[method-assign]
@@ -442,8 +443,8 @@ def print_size(r: dict[str, Any]) -> None:
         f"{fmt_ms(lag['max'])}"
     )
     print(
-        f"  {'status write (outbox)':24}{fmt_ms(put['p50'])} {fmt_ms(put['p99'])} "
-        f"{fmt_ms(put['max'])}   n={put['n']} (awaited inside the poll)"
+        f"  {'status hand-over':24}{fmt_ms(put['p50'])} {fmt_ms(put['p99'])} "
+        f"{fmt_ms(put['max'])}   n={put['n']} (in memory, inside the poll)"
     )
     print(
         f"  CPU, % of one core:       edge {r['edge_cpu_pct_of_one_core']:.1f} "

@@ -165,7 +165,9 @@ class ModuleReading:
         channels: Readings by channel index.
         monotonic: ``time.monotonic()`` when the read completed.
         wall_time: ``time.time()`` when the read completed.
-        latency_s: From the first request sent to the last reply received.
+        latency_s: From the start of the read to the last reply, including any wait for the
+            connection shared with other units on the same host or RS-485 line (so a busy
+            line shows here, not only a slow module).
         requests: Modbus transactions used.
     """
 
