@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -147,6 +149,16 @@ def _gateway_cfg(data_dir: Path, broker: int, police: int, http_port: int) -> Ga
     )
 
 
+def _command() -> str:
+    """How the user can run ``campusguard`` from their shell (scripts/demo.sh runs it from
+    the virtualenv, which is usually not on PATH)."""
+    if shutil.which("campusguard"):
+        return "campusguard"
+    if Path(sys.argv[0]).name == "campusguard":
+        return str(Path(sys.argv[0]).resolve())
+    return f"{sys.executable} -m campusguard.cli"
+
+
 def _say(text: str = "") -> None:
     typer.echo(text)
 
@@ -176,7 +188,7 @@ async def run_demo(
         await asyncio.wait_for(gw.mqtt.connected.wait(), 10)
 
         api = f"http://127.0.0.1:{gw.http_port}"
-        press = f"campusguard sim press 1 --url http://127.0.0.1:{sim.http_port}"
+        press = f"{_command()} sim press 1 --url http://127.0.0.1:{sim.http_port}"
         _say("")
         _say("CampusGuard demo is running: one campus, one district centre, one police receiver.")
         _say(f"  MQTT broker (embedded amqtt)  127.0.0.1:{broker}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +36,7 @@ def test_demo_runs_and_stops_cleanly(tmp_path: Path) -> None:
     out = proc.stdout
     assert "the police received ADM-CID #1234|1120 01 001" in out
     assert "police_received via primary" in out
-    assert "campusguard sim press 1 --url http://127.0.0.1:" in out
+    assert re.search(r"campusguard(\.cli)? sim press 1 --url http://127\.0\.0\.1:\d+", out)
     assert "demo stopped: alarms at the police: 2" in out
     assert (tmp_path / "police-received.jsonl").read_text().count("1120 01 001") == 1
     assert "Traceback" not in proc.stderr
