@@ -114,7 +114,7 @@ class GatewayMqtt(Service):
                 client._client.ack(message.mid, message.qos)
             if stored is not None:
                 self._receipts.put_nowait(stored)
-            self.wake_downlink.set()
+                self.wake_downlink.set()  # a new alarm has its "received" step to send
 
     async def _send_receipts(self, client: aiomqtt.Client) -> None:
         """Tell each campus which of its events are stored (batched; a lost receipt only
