@@ -226,3 +226,18 @@ async def test_encrypted_dc09(mosquitto: Mosquitto, tmp_path: Path) -> None:
             assert police.alarms[0].encrypted
             assert police.alarms[0].code == "PA"
             await wait_for(lambda: _state(gw, ev.id, "police_received"))
+
+
+async def test_every_default_code_is_understood(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """Each event kind the gateway relays by default is a code the receiver knows (no DUH)."""
+    kinds = ["panic", "duress", "holdup", "fire", "intrusion", "tamper", "trouble"]
+    async with PoliceReceiver(udp=False) as police:
+        cfg = gateway_config(tmp_path, mosquitto.port, police.tcp_port)
+        async with run_gateway(cfg) as gw, client(mosquitto.port) as campus:
+            await wait_for(gw.mqtt.connected.is_set)
+            for i, kind in enumerate(kinds):
+                await publish_event(campus, make_event(kind=kind, seq=i + 1))
+            await police.wait_for(lambda: len(police.alarms) == len(kinds), timeout=10)
+            assert police.counters.duh == 0
+            codes = [m.contact_id.code for m in police.alarms if m.contact_id]
+            assert codes == [120, 121, 122, 110, 130, 137, 380]

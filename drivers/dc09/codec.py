@@ -110,6 +110,7 @@ CID_TO_SIA: Final[dict[int, tuple[str, str | None]]] = {
     120: ("PA", "PH"),
     121: ("HA", "HH"),
     122: ("HA", "HH"),
+    130: ("BA", "BH"),  # burglary: not in our spec's table, but standard Contact ID / DC-03
     137: ("TA", "TR"),
     144: ("TA", "TR"),
     301: ("AT", "AR"),
