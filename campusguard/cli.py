@@ -172,10 +172,23 @@ def config_check(
     typer.echo(f"{path}: ok")
 
 
+def _stable(node: Any, in_default: bool = False) -> Any:
+    """Sets have no order: sort the string lists of defaults so the exported file only changes
+    when the models do (Python randomises string hashing per process)."""
+    if isinstance(node, dict):
+        return {k: _stable(v, in_default or k == "default") for k, v in node.items()}
+    if isinstance(node, list):
+        items = [_stable(v, in_default) for v in node]
+        if in_default and items and all(isinstance(v, str) for v in items):
+            return sorted(items)
+        return items
+    return node
+
+
 def schemas() -> dict[str, dict[str, Any]]:
     return {
-        "edge.schema.json": EdgeConfig.model_json_schema(),
-        "gateway.schema.json": GatewayConfig.model_json_schema(),
+        "edge.schema.json": _stable(EdgeConfig.model_json_schema()),
+        "gateway.schema.json": _stable(GatewayConfig.model_json_schema()),
     }
 
 

@@ -14,10 +14,12 @@ import types
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from contract.bollard_config import BollardRulesConfig, CommandPolicyConfig, ScheduleConfig
 from contract.models import ID_PATTERN, EventKind, Geo
 from contract.topics import CAMPUS_ID_PATTERN, DEFAULT_SHARE_GROUP
 
@@ -74,6 +76,15 @@ class CampusConfig(Strict):
     type: Literal["school", "kindergarten", "other"] = "school"
     address: str = ""
     geo: Geo | None = None
+    timezone: str = Field("Asia/Shanghai", description="IANA zone for schedules (school hours)")
+
+    @model_validator(mode="after")
+    def _zone(self) -> CampusConfig:
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {self.timezone!r}") from None
+        return self
 
 
 # --- edge -----------------------------------------------------------------------------------
@@ -153,6 +164,52 @@ class ModbusDeviceConfig(Strict):
         return self
 
 
+class BollardConfig(Strict):
+    """One bollard of a controller."""
+
+    index: int = Field(ge=0, le=63, description="the bollard's number on its controller, from 0")
+    id: Ident
+    zone: Ident | None = None
+    location: str = ""
+    alarm_zone: int | None = Field(
+        None, ge=1, le=999, description="zone number the police platform shows (Contact ID)"
+    )
+
+
+class BollardControllerConfig(Strict):
+    """A bollard PLC (one or several bollards) on Modbus TCP or RTU."""
+
+    id: Ident
+    profile: str = Field("generic-plc", description="built-in bollard profile name or a YAML path")
+    transport: Literal["tcp", "rtu"] = "tcp"
+    host: str | None = None
+    port: int = Field(502, ge=1, le=65535)
+    serial: SerialConfig | None = None
+    unit: int | None = Field(None, ge=0, le=247, description="default: the profile's")
+    poll_interval: float = Field(0.1, ge=0.01, le=60, description="seconds")
+    timeout: float = Field(0.5, ge=0.01, le=30, description="seconds per request")
+    zone: Ident | None = None
+    location: str = ""
+    bollards: list[BollardConfig] = Field(min_length=1)
+    rules: BollardRulesConfig = BollardRulesConfig()
+    schedule: ScheduleConfig | None = Field(
+        None, description="must-be-up windows and the term calendar; none = no schedule watch"
+    )
+    policy: CommandPolicyConfig = CommandPolicyConfig()
+
+    @model_validator(mode="after")
+    def _transport(self) -> BollardControllerConfig:
+        if self.transport == "tcp" and not self.host:
+            raise ValueError("transport tcp needs 'host'")
+        if self.transport == "rtu" and self.serial is None:
+            raise ValueError("transport rtu needs 'serial'")
+        for what in ("index", "id"):
+            values = [getattr(b, what) for b in self.bollards]
+            if len(values) != len(set(values)):
+                raise ValueError(f"bollard {what}s must be unique")
+        return self
+
+
 class EdgeNode(Strict):
     id: Ident = "edge"
     data_dir: Path = Field(Path("var/edge"), description="outbox and state live here")
@@ -169,18 +226,21 @@ class EdgeConfig(Strict):
     mqtt: MqttConfig = MqttConfig()
     zones: list[ZoneConfig] = []
     devices: list[ModbusDeviceConfig] = []
+    bollards: list[BollardControllerConfig] = []
 
     @model_validator(mode="after")
     def _refs(self) -> EdgeConfig:
         zones = {z.id for z in self.zones}
-        ids = [d.id for d in self.devices]
+        ids = [d.id for d in self.devices] + [b.id for b in self.bollards]
         if len(ids) != len(set(ids)):
             raise ValueError(f"device ids must be unique: {sorted(ids)}")
-        for dev in self.devices:
-            for ref in [dev.zone, *(i.zone for i in dev.inputs)]:
+        refs = [(d.id, [d.zone, *(i.zone for i in d.inputs)]) for d in self.devices]
+        refs += [(c.id, [c.zone, *(b.zone for b in c.bollards)]) for c in self.bollards]
+        for dev_id, zone_refs in refs:
+            for ref in zone_refs:
                 if ref is not None and ref not in zones:
                     raise ValueError(
-                        f"device {dev.id!r} names zone {ref!r}; defined zones: {sorted(zones)}"
+                        f"device {dev_id!r} names zone {ref!r}; defined zones: {sorted(zones)}"
                     )
         return self
 
@@ -224,6 +284,9 @@ def _default_codes() -> dict[EventKind, Dc09Code]:
         "tamper": Dc09Code(cid=137, sia="TA", sia_restore="TR"),
         "trouble": Dc09Code(cid=380, sia="YX", sia_restore="YZ"),
         "transmission_fault": Dc09Code(cid=350, sia="YC", sia_restore="YK"),
+        # No Contact ID code means "vehicle rammed the gate": 150 (24-hour non-burglary) is
+        # what ARCs take for a 24 h zone that is neither fire nor burglary. Map to your ARC's.
+        "bollard_impact": Dc09Code(cid=150, sia="UA", sia_restore="UH"),
         "test": Dc09Code(cid=601, sia="RX"),
     }
 

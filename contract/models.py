@@ -31,9 +31,23 @@ EventKind = Literal[
     "device_online",
     "transmission_fault",  # a path to the police or the centre failed
     "test",  # manual or periodic test signal
+    "bollard_impact",  # a vehicle struck (or tilted) an anti-ram bollard: an attack
+    "bollard_state",  # a bollard changed state (up, down, moving, fault, ...)
+    "bollard_command",  # what became of a command to a bollard (armed ... done / failed)
+    "schedule_violation",  # a bollard not up inside a must-be-up window (warning to the guard)
 ]
 ALARM_KINDS: frozenset[str] = frozenset(
-    {"panic", "duress", "holdup", "fire", "intrusion", "tamper", "trouble", "transmission_fault"}
+    {
+        "panic",
+        "duress",
+        "holdup",
+        "fire",
+        "intrusion",
+        "tamper",
+        "trouble",
+        "transmission_fault",
+        "bollard_impact",
+    }
 )
 """Kinds that are alarms: on disk with fsync, ahead of everything else in every queue."""
 
@@ -160,3 +174,33 @@ class Receipt(_Model):
     ids: list[Annotated[str, Field(min_length=26, max_length=26)]] = Field(
         min_length=1, max_length=1000
     )
+
+
+class BollardCommandMessage(_Model):
+    """Centre -> campus: operate a bollard, or confirm a raise that was armed.
+
+    The edge decides (its rules know the bollard's state and the vehicle loop) and answers with
+    ``bollard_command`` events: armed / accepted / refused, then done (the controller confirmed
+    the end position) or failed. Never "done" on "sent".
+    """
+
+    v: Literal[1] = 1
+    id: Annotated[str, Field(min_length=26, max_length=26, description="command id, ULID")]
+    campus: Annotated[str, Field(pattern=CAMPUS_ID_PATTERN)]
+    device: Annotated[str, Field(pattern=ID_PATTERN)]
+    bollard: int = Field(ge=0, le=63)
+    step: Literal["request", "confirm"] = "request"
+    action: Literal["raise", "lower", "stop", "emergency_raise"] | None = None
+    token: Annotated[str | None, Field(max_length=128)] = None
+    user: Annotated[str, Field(min_length=1, max_length=64)]
+    role: Annotated[str, Field(min_length=1, max_length=32)]
+    reason: Annotated[str, Field(max_length=200)] = ""
+    issued_at: datetime
+    expires_at: datetime
+
+    @field_validator("issued_at", "expires_at")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("timestamp must carry a timezone (UTC)")
+        return value.astimezone(UTC)

@@ -56,6 +56,11 @@ def alarm_status_topic(campus: str) -> str:
     return f"{campus_root(campus)}/down/alarm-status"
 
 
+def command_topic(campus: str) -> str:
+    """Gateway -> campus: commands to devices (bollards)."""
+    return f"{campus_root(campus)}/down/command"
+
+
 def receipt_topic(campus: str) -> str:
     """Gateway -> campus: which events are stored centrally (the end-to-end acknowledgement)."""
     return f"{campus_root(campus)}/down/receipt"

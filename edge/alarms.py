@@ -25,6 +25,10 @@ SEVERITY: dict[str, Severity] = {
     "device_offline": "medium",
     "device_online": "info",
     "test": "low",
+    "bollard_impact": "critical",
+    "bollard_state": "info",
+    "bollard_command": "info",
+    "schedule_violation": "medium",
 }
 
 TEXT: dict[str, str] = {
@@ -37,6 +41,10 @@ TEXT: dict[str, str] = {
     "trouble": "trouble",
     "device_offline": "device stopped answering",
     "device_online": "device answering again",
+    "bollard_impact": "vehicle impact on a bollard",
+    "bollard_state": "bollard",
+    "bollard_command": "bollard command",
+    "schedule_violation": "bollard not up during a must-be-up period",
 }
 
 EolValue = Literal["normal", "alarm", "cut", "short", "unknown"]

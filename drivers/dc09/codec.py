@@ -113,6 +113,7 @@ CID_TO_SIA: Final[dict[int, tuple[str, str | None]]] = {
     130: ("BA", "BH"),  # burglary: not in our spec's table, but standard Contact ID / DC-03
     137: ("TA", "TR"),
     144: ("TA", "TR"),
+    150: ("UA", "UH"),  # 24-hour non-burglary (a bollard impact, by our default mapping)
     301: ("AT", "AR"),
     302: ("YT", "YR"),
     350: ("YC", "YK"),
