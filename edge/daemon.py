@@ -18,12 +18,26 @@ from pydantic import ValidationError
 
 from contract import topics
 from contract.aio import cancel_and_wait
-from contract.config import ConfigError, EdgeConfig, ModbusDeviceConfig
-from contract.models import MAX_PAYLOAD_BYTES, AlarmStatus, Event, Receipt
+from contract.config import (
+    BollardControllerConfig,
+    ConfigError,
+    EdgeConfig,
+    ModbusDeviceConfig,
+)
+from contract.models import (
+    MAX_PAYLOAD_BYTES,
+    AlarmStatus,
+    BollardCommandMessage,
+    Event,
+    Receipt,
+)
+from drivers.modbus.bollard import BollardController
+from drivers.modbus.bollard_profile import load_bollard_profile
 from drivers.modbus.bus import ModbusBus, ModbusConnection
 from drivers.modbus.errors import ProfileError
 from drivers.modbus.inputs import ChannelSpec, DIModuleReader, EolParams, check_channel
 from drivers.modbus.profile import load_profile
+from edge.bollard_poller import BollardPoller
 from edge.events import EventSink
 from edge.outbox import Outbox
 from edge.pollers import ModbusPoller
@@ -43,6 +57,7 @@ class EdgeRuntime:
     uplink: Uplink
     sink: EventSink
     pollers: dict[str, ModbusPoller] = field(default_factory=dict)
+    bollards: dict[str, BollardPoller] = field(default_factory=dict)
     alarm_status: asyncio.Queue[AlarmStatus] = field(default_factory=asyncio.Queue)
     rejected: int = 0
 
@@ -80,9 +95,22 @@ def check_devices(cfg: EdgeConfig, source: str) -> None:
                 check_channel(profile, spec)
             except ValueError as exc:
                 raise ConfigError(f"{source}: devices[{i}].inputs[{j}] ({inp.id}): {exc}") from None
+    for i, ctl in enumerate(cfg.bollards):
+        try:
+            bprofile = load_bollard_profile(ctl.profile)
+        except ProfileError as exc:
+            raise ConfigError(f"{source}: bollards[{i}].profile: {exc}") from None
+        top = max(b.index for b in ctl.bollards)
+        if top >= bprofile.max_bollards:
+            raise ConfigError(
+                f"{source}: bollards[{i}].bollards: index {top} is past what {bprofile.model} "
+                f"maps (0..{bprofile.max_bollards - 1})"
+            )
 
 
-def _connection(bus: ModbusBus, dev: ModbusDeviceConfig) -> ModbusConnection:
+def _connection(
+    bus: ModbusBus, dev: ModbusDeviceConfig | BollardControllerConfig
+) -> ModbusConnection:
     if dev.transport == "tcp":
         assert dev.host is not None
         return bus.get_tcp(dev.host, dev.port)
@@ -111,7 +139,8 @@ async def run_edge(cfg: EdgeConfig) -> AsyncIterator[EdgeRuntime]:
             )
             # One bus per timeout value: devices on one connection share its timeout.
             buses: dict[float, ModbusBus] = {}
-            for timeout in sorted({d.timeout for d in cfg.devices}):
+            timeouts = {d.timeout for d in cfg.devices} | {b.timeout for b in cfg.bollards}
+            for timeout in sorted(timeouts):
                 buses[timeout] = await stack.enter_async_context(ModbusBus(timeout=timeout))
             rt = EdgeRuntime(cfg=cfg, outbox=outbox, uplink=uplink, sink=sink)
             runtime_ref.append(rt)
@@ -131,16 +160,26 @@ async def run_edge(cfg: EdgeConfig) -> AsyncIterator[EdgeRuntime]:
                     uplink.set_retained,
                     cfg.edge.status_interval,
                 )
-            tasks = [
-                asyncio.create_task(p.run(), name=f"poll-{dev_id}")
-                for dev_id, p in rt.pollers.items()
-            ]
+            for ctl in cfg.bollards:
+                bprofile = load_bollard_profile(ctl.profile)
+                controller = BollardController(
+                    _connection(buses[ctl.timeout], ctl),
+                    bprofile,
+                    ctl.unit,
+                    bollards=max(b.index for b in ctl.bollards) + 1,
+                )
+                rt.bollards[ctl.id] = BollardPoller(
+                    ctl, cfg.campus, controller, sink, uplink.set_retained
+                )
+            runners = [(dev_id, p.run()) for dev_id, p in rt.pollers.items()]
+            runners += [(ctl_id, b.run()) for ctl_id, b in rt.bollards.items()]
+            tasks = [asyncio.create_task(coro, name=f"poll-{name}") for name, coro in runners]
             try:
                 log.info(
                     "edge %s of campus %s running: %d device(s), broker %s:%d",
                     cfg.edge.id,
                     cfg.campus.id,
-                    len(rt.pollers),
+                    len(rt.pollers) + len(rt.bollards),
                     cfg.mqtt.host,
                     cfg.mqtt.port,
                 )
@@ -164,6 +203,25 @@ async def _handle_down(rt: EdgeRuntime, topic: str, payload: bytes) -> None:
             return
         if receipt.campus == rt.cfg.campus.id:
             await rt.outbox.confirm(receipt.ids)
+        return
+    if parsed.kind == "command":
+        try:
+            command = BollardCommandMessage.model_validate_json(payload)
+        except ValidationError as exc:
+            rt.rejected += 1
+            log.warning("rejected command on %s: %s", topic, exc.errors()[0]["msg"])
+            return
+        poller = rt.bollards.get(command.device)
+        if command.campus != rt.cfg.campus.id or poller is None:
+            rt.rejected += 1
+            log.warning(
+                "rejected command %s for %s/%s: not a bollard controller of this campus",
+                command.id,
+                command.campus,
+                command.device,
+            )
+            return
+        await poller.handle_command(command)
         return
     if parsed.kind == "alarm-status":
         try:
