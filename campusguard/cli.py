@@ -141,6 +141,28 @@ def sim_press(
         raise typer.Exit(1)
 
 
+@sim_app.command("bollard")
+def sim_bollard(
+    profile: Annotated[str, typer.Option(help="controller profile to emulate")] = "generic-plc",
+    host: str = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Modbus TCP port")] = 5021,
+    http_port: Annotated[int | None, typer.Option(help="HTTP control port")] = 8022,
+    bollards: Annotated[int, typer.Option(help="bollards on this controller")] = 2,
+    travel_time: Annotated[float, typer.Option(help="seconds for a raise or lower")] = 3.0,
+    verbose: Verbose = False,
+) -> None:
+    """A bollard controller (PLC) with travel time, limit switches, loop and fault knobs.
+
+    Scripted over HTTP, e.g. curl -X POST 'http://127.0.0.1:8022/impact?bollard=0'.
+    """
+    _logging(verbose)
+    from simulators.bollard import run_bollard_sim
+
+    _run(
+        run_bollard_sim(profile, host, port, http_port, bollards=bollards, travel_time=travel_time)
+    )
+
+
 @sim_app.command("police")
 def sim_police(
     host: str = "127.0.0.1",
@@ -157,6 +179,53 @@ def sim_police(
 
     key = key or os.environ.get("CG_DC09_KEY") or None
     _run(serve_forever(host, port, key=key, key_encoding="hex", log_path=log_file))
+
+
+bollard_app = typer.Typer(help="Operate a campus' bollards from the centre (over MQTT).")
+app.add_typer(bollard_app, name="bollard")
+
+
+@bollard_app.command("send")
+def bollard_send(
+    action: Annotated[str, typer.Argument(help="raise, lower, stop or emergency_raise")],
+    campus: Annotated[str, typer.Option(help="campus id")],
+    device: Annotated[str, typer.Option(help="bollard controller id")],
+    bollard: Annotated[int, typer.Option(help="bollard index on the controller")] = 0,
+    user: Annotated[str, typer.Option(help="who asks (audited)")] = os.environ.get(
+        "USER", "operator"
+    ),
+    role: Annotated[str, typer.Option(help="your role (the edge's policy checks it)")] = "guard",
+    reason: Annotated[str, typer.Option(help="why (audited; required for some commands)")] = "",
+    broker: Annotated[str, typer.Option(help="MQTT broker host:port")] = "127.0.0.1:1883",
+    yes: Annotated[bool, typer.Option("--yes", help="confirm an armed raise without asking")] = (
+        False
+    ),
+    wait: Annotated[float, typer.Option(help="seconds to wait for the outcome")] = 30.0,
+) -> None:
+    """Send a bollard command and follow it until the bollard confirms (or refuses)."""
+    if action not in ("raise", "lower", "stop", "emergency_raise"):
+        typer.echo("campusguard: action must be raise, lower, stop or emergency_raise", err=True)
+        raise typer.Exit(2)
+    host, _, port = broker.rpartition(":")
+    from campusguard.bollard_cli import send_command
+
+    code = asyncio.run(
+        send_command(
+            host or "127.0.0.1",
+            int(port or 1883),
+            campus=campus,
+            device=device,
+            bollard=bollard,
+            action=action,
+            user=user,
+            role=role,
+            reason=reason,
+            confirm=(lambda text: yes or typer.confirm(text)),
+            wait=wait,
+            say=typer.echo,
+        )
+    )
+    raise typer.Exit(code)
 
 
 @config_app.command("check")

@@ -23,6 +23,7 @@ import typer
 from contract.config import EdgeConfig, GatewayConfig, parse_config
 from edge.daemon import event_listener_queue, run_edge
 from gateway.service import run_gateway
+from simulators.bollard import BollardSimulator
 from simulators.modbus_io import DIModuleSimulator
 from simulators.police import PoliceReceiver
 
@@ -59,7 +60,7 @@ async def embedded_broker(port: int) -> AsyncIterator[int]:
         await broker.shutdown()
 
 
-def _edge_cfg(data_dir: Path, broker: int, modbus: int) -> EdgeConfig:
+def _edge_cfg(data_dir: Path, broker: int, modbus: int, bollards: int) -> EdgeConfig:
     return parse_config(
         {
             "campus": {
@@ -110,6 +111,21 @@ def _edge_cfg(data_dir: Path, broker: int, modbus: int) -> EdgeConfig:
                             "location": "办公室",
                             "alarm_zone": 3,
                         },
+                    ],
+                }
+            ],
+            "bollards": [
+                {
+                    "id": "gate-south-plc",
+                    "profile": "generic-plc",
+                    "host": "127.0.0.1",
+                    "port": bollards,
+                    "zone": "gate-south",
+                    "location": "南门防冲撞柱",
+                    "rules": {"travel_time": 3.0, "margin": 2.0, "efo_travel_time": 1.5},
+                    "bollards": [
+                        {"index": 0, "id": "bollard-s1", "alarm_zone": 21},
+                        {"index": 1, "id": "bollard-s2", "alarm_zone": 22},
                     ],
                 }
             ],
@@ -171,6 +187,9 @@ async def run_demo(
     async with contextlib.AsyncExitStack() as stack:
         broker = await stack.enter_async_context(embedded_broker(broker_port))
         sim = await stack.enter_async_context(DIModuleSimulator("adam-6050", http_port=0))
+        plc = await stack.enter_async_context(
+            BollardSimulator(bollards=2, travel_time=3.0, efo_travel_time=1.5, http_port=0)
+        )
         police = await stack.enter_async_context(PoliceReceiver(udp=False, log_path=police_log))
         assert police.tcp_port is not None
         try:
@@ -182,7 +201,9 @@ async def run_demo(
             gw = await stack.enter_async_context(
                 run_gateway(_gateway_cfg(data_dir, broker, police.tcp_port, 0))
             )
-        edge = await stack.enter_async_context(run_edge(_edge_cfg(data_dir, broker, sim.port)))
+        edge = await stack.enter_async_context(
+            run_edge(_edge_cfg(data_dir, broker, sim.port, plc.port))
+        )
         events = event_listener_queue(edge)
         await asyncio.wait_for(edge.uplink.connected.wait(), 10)
         await asyncio.wait_for(gw.mqtt.connected.wait(), 10)
@@ -193,6 +214,7 @@ async def run_demo(
         _say("CampusGuard demo is running: one campus, one district centre, one police receiver.")
         _say(f"  MQTT broker (embedded amqtt)  127.0.0.1:{broker}")
         _say(f"  DI module (ADAM-6050 sim)     Modbus TCP 127.0.0.1:{sim.port}")
+        _say(f"  bollard PLC (generic sim)     Modbus TCP 127.0.0.1:{plc.port}, 2 bollards")
         _say(f"  police receiver (DC-09 sim)   TCP 127.0.0.1:{police.tcp_port}, log {police_log}")
         _say(f"  gateway API                   {api}/docs")
         _say("")
@@ -213,6 +235,14 @@ async def run_demo(
         _say("")
         _say("Try next:")
         _say(f"  {press}              press the gate button")
+        _say(
+            f"  {_command()} bollard send raise --campus {CAMPUS} --device gate-south-plc "
+            f"--bollard 0 --broker 127.0.0.1:{broker}    raise a bollard (two-step)"
+        )
+        _say(
+            f"  curl -X POST 'http://127.0.0.1:{plc.http_port}/impact?bollard=1'"
+            "    a vehicle hits bollard 1: an alarm to the police"
+        )
         _say(f"  curl {api}/api/alarms         the alarms and their state")
         _say(f"  curl {api}/api/alarms/{event.id}   one alarm's timeline")
         _say(f"  curl {api}/api/devices        device health")

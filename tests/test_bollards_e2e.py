@@ -4,6 +4,7 @@ Mosquitto, the gateway and the police receiver."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,9 @@ from gateway.service import run_gateway
 from simulators.bollard import BollardSimulator
 from simulators.police import PoliceReceiver
 from tests.gwkit import CAMPUS, client, gateway_config
-from tests.helpers import Mosquitto, wait_for
+from tests.helpers import Mosquitto, env_with_pythonpath, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
 
 TRAVEL = 0.4
 
@@ -224,3 +227,47 @@ async def test_impact_reaches_the_police(mosquitto: Mosquitto, tmp_path: Path) -
             assert (msg.contact_id.code, msg.contact_id.zone) == (150, 22)
             alarms = await gw.store.alarms()
             assert any(a.kind == "bollard_impact" and a.point == "b-right" for a in alarms)
+
+
+async def test_cli_raises_a_bollard_and_reports_the_position(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    async with (
+        BollardSimulator(bollards=2, travel_time=TRAVEL) as sim,
+        run_edge(bollard_edge(tmp_path, mosquitto.port, sim.port)) as edge,
+    ):
+        poller = edge.bollards["gate-plc"]
+        await wait_for(lambda: poller.state_of("b-left") == "down")
+        await wait_for(edge.uplink.connected.is_set)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "campusguard.cli",
+            "bollard",
+            "send",
+            "raise",
+            "--campus",
+            CAMPUS,
+            "--device",
+            "gate-plc",
+            "--bollard",
+            "0",
+            "--user",
+            "guard-li",
+            "--reason",
+            "dismissal",
+            "--yes",
+            "--broker",
+            f"127.0.0.1:{mosquitto.port}",
+            "--wait",
+            "20",
+            cwd=ROOT,
+            env=env_with_pythonpath(),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        text = out.decode()
+        assert proc.returncode == 0, text + err.decode()
+        assert "armed" in text and "accepted" in text and "position up confirmed" in text
+        assert poller.state_of("b-left") == "up"
