@@ -35,6 +35,7 @@ EventKind = Literal[
     "bollard_state",  # a bollard changed state (up, down, moving, fault, ...)
     "bollard_command",  # what became of a command to a bollard (armed ... done / failed)
     "schedule_violation",  # a bollard not up inside a must-be-up window (warning to the guard)
+    "bollard_trouble",  # controller fault, power, pressure, temperature: for the technician
 ]
 ALARM_KINDS: frozenset[str] = frozenset(
     {

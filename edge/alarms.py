@@ -29,6 +29,7 @@ SEVERITY: dict[str, Severity] = {
     "bollard_state": "info",
     "bollard_command": "info",
     "schedule_violation": "medium",
+    "bollard_trouble": "medium",
 }
 
 TEXT: dict[str, str] = {
@@ -45,6 +46,7 @@ TEXT: dict[str, str] = {
     "bollard_state": "bollard",
     "bollard_command": "bollard command",
     "schedule_violation": "bollard not up during a must-be-up period",
+    "bollard_trouble": "bollard trouble",
 }
 
 EolValue = Literal["normal", "alarm", "cut", "short", "unknown"]

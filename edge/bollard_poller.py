@@ -44,7 +44,9 @@ log = logging.getLogger(__name__)
 _EVENT_KIND: dict[str, EventKind] = {
     "bollard_state": "bollard_state",
     "bollard_impact": "bollard_impact",
-    "trouble": "trouble",
+    # Not "trouble" (a supervised loop's wire cut, which goes to the police): these are for the
+    # technician and the guard, and a bollard's hydraulics are no business of the police.
+    "trouble": "bollard_trouble",
     "schedule_violation": "schedule_violation",
 }
 

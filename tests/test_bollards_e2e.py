@@ -204,7 +204,7 @@ async def test_contradictory_limits_are_a_fault(mosquitto: Mosquitto, tmp_path: 
         sim.set_both_limits(0, True)
         while True:
             ev = await asyncio.wait_for(q.get(), 5)
-            if ev.kind == "trouble":
+            if ev.kind == "bollard_trouble":
                 break
         assert ev.detail.get("code") == "contradictory_limits"
         assert poller.state_of("b-left") == "fault"

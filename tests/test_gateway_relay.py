@@ -241,3 +241,21 @@ async def test_every_default_code_is_understood(mosquitto: Mosquitto, tmp_path: 
             assert police.counters.duh == 0
             codes = [m.contact_id.code for m in police.alarms if m.contact_id]
             assert codes == [120, 121, 122, 110, 130, 137, 380]
+
+
+async def test_bollard_events_only_impact_goes_to_police(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    async with PoliceReceiver(udp=False) as police:
+        cfg = gateway_config(tmp_path, mosquitto.port, police.tcp_port)
+        async with run_gateway(cfg) as gw, client(mosquitto.port) as campus:
+            await wait_for(gw.mqtt.connected.is_set)
+            for i, kind in enumerate(
+                ["bollard_state", "bollard_trouble", "schedule_violation", "bollard_command"]
+            ):
+                await publish_event(campus, make_event(kind=kind, severity="medium", seq=i + 1))
+            impact = make_event(kind="bollard_impact", zone_no=22, seq=9)
+            await publish_event(campus, impact)
+            await wait_for(lambda: _state(gw, impact.id, "police_received"))
+            assert [m.contact_id.code for m in police.alarms if m.contact_id] == [150]
+            assert gw.ingest.accepted["event"] == 5
