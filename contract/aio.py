@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Iterable
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from types import TracebackType
 from typing import Any, Self
+
+log = logging.getLogger(__name__)
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]]) -> None:
@@ -26,6 +30,25 @@ def cancel_requested() -> bool:
     """Whether the current task has a cancellation pending that something swallowed."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+async def run_every(interval: float, step: Callable[[], Awaitable[None]], name: str) -> None:
+    """Call ``step`` every ``interval`` seconds on a steady clock, for ever.
+
+    A step that fails unexpectedly is logged with its trace and the loop goes on (a stopped
+    poller is a silent panic button). A step that overruns skips the missed slots rather than
+    firing a burst of back-to-back reads at a struggling device.
+    """
+    deadline = time.monotonic()
+    while True:
+        if cancel_requested():
+            raise asyncio.CancelledError  # a library below swallowed our cancellation
+        try:
+            await step()
+        except Exception:
+            log.exception("%s failed unexpectedly", name)
+        deadline = max(deadline + interval, time.monotonic())
+        await asyncio.sleep(deadline - time.monotonic())
 
 
 class Service:

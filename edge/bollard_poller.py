@@ -7,7 +7,6 @@ reported done only when the bollard confirms its end position.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from zoneinfo import ZoneInfo
 from pydantic import ValidationError
 
 from contract import topics
-from contract.aio import cancel_requested
+from contract.aio import run_every
 from contract.config import BollardConfig, BollardControllerConfig, CampusConfig
 from contract.models import BollardCommandMessage, DetailValue, DeviceStatus, EventKind, utcnow
 from drivers.modbus.bollard import BollardController
@@ -82,17 +81,9 @@ class BollardPoller:
         self.last_error: str | None = None
 
     async def run(self) -> None:
-        interval = self.cfg.poll_interval
-        deadline = time.monotonic()
-        while True:
-            if cancel_requested():
-                raise asyncio.CancelledError  # a library swallowed our cancellation
-            try:
-                await self.poll_once()
-            except Exception:
-                log.exception("polling bollard controller %s failed unexpectedly", self.cfg.id)
-            deadline = max(deadline + interval, time.monotonic())
-            await asyncio.sleep(deadline - time.monotonic())
+        await run_every(
+            self.cfg.poll_interval, self.poll_once, f"polling bollard controller {self.cfg.id}"
+        )
 
     async def poll_once(self) -> None:
         self.polls += 1

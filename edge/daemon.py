@@ -188,63 +188,53 @@ async def run_edge(cfg: EdgeConfig) -> AsyncIterator[EdgeRuntime]:
                 await cancel_and_wait(tasks)
 
 
+_DOWN_MODELS: dict[str, type[Receipt] | type[BollardCommandMessage] | type[AlarmStatus]] = {
+    "receipt": Receipt,
+    "command": BollardCommandMessage,
+    "alarm-status": AlarmStatus,
+}
+
+
+def _reject(rt: EdgeRuntime, topic: str, why: str) -> None:
+    rt.rejected += 1
+    log.warning("rejected message on %s: %s", topic, why)
+
+
 async def _handle_down(rt: EdgeRuntime, topic: str, payload: bytes) -> None:
+    """What the centre sends this campus: receipts, bollard commands, alarm status."""
     parsed = topics.parse_topic(topic)
-    if parsed is None or parsed.campus != rt.cfg.campus.id or len(payload) > MAX_PAYLOAD_BYTES:
-        rt.rejected += 1
-        log.warning("rejected message on %s (%d bytes)", topic, len(payload))
+    model = _DOWN_MODELS.get(parsed.kind) if parsed is not None else None
+    if parsed is None or parsed.campus != rt.cfg.campus.id or model is None:
+        _reject(rt, topic, "not a topic of this campus' downlink")
         return
-    if parsed.kind == "receipt":
-        try:
-            receipt = Receipt.model_validate_json(payload)
-        except ValidationError as exc:
-            rt.rejected += 1
-            log.warning("rejected receipt on %s: %s", topic, exc.errors()[0]["msg"])
-            return
-        if receipt.campus == rt.cfg.campus.id:
-            await rt.outbox.confirm(receipt.ids)
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        _reject(rt, topic, f"{len(payload)} bytes")
         return
-    if parsed.kind == "command":
-        try:
-            command = BollardCommandMessage.model_validate_json(payload)
-        except ValidationError as exc:
-            rt.rejected += 1
-            log.warning("rejected command on %s: %s", topic, exc.errors()[0]["msg"])
-            return
-        poller = rt.bollards.get(command.device)
-        if command.campus != rt.cfg.campus.id or poller is None:
-            rt.rejected += 1
-            log.warning(
-                "rejected command %s for %s/%s: not a bollard controller of this campus",
-                command.id,
-                command.campus,
-                command.device,
-            )
-            return
-        await poller.handle_command(command)
+    try:
+        msg = model.model_validate_json(payload)
+    except ValidationError as exc:
+        _reject(rt, topic, exc.errors()[0]["msg"])
         return
-    if parsed.kind == "alarm-status":
-        try:
-            status = AlarmStatus.model_validate_json(payload)
-        except ValidationError as exc:
-            rt.rejected += 1
-            log.warning("rejected alarm status on %s: %s", topic, exc.errors()[0]["msg"])
+    if msg.campus != rt.cfg.campus.id:
+        _reject(rt, topic, f"payload is for campus {msg.campus}")
+        return
+    if isinstance(msg, Receipt):
+        await rt.outbox.confirm(msg.ids)
+    elif isinstance(msg, BollardCommandMessage):
+        poller = rt.bollards.get(msg.device)
+        if poller is None:
+            _reject(rt, topic, f"command {msg.id} for {msg.device}: no such bollard controller")
             return
-        if status.campus != rt.cfg.campus.id:
-            rt.rejected += 1
-            log.warning("rejected alarm status for campus %s on %s", status.campus, topic)
-            return
+        await poller.handle_command(msg)
+    else:
         new = await rt.outbox.record_alarm_status(
-            status.alarm_id, status.state, status.ts.isoformat(), status.path, status.note
+            msg.alarm_id, msg.state, msg.ts.isoformat(), msg.path, msg.note
         )
         if new:
             log.info(
-                "alarm %s: %s%s",
-                status.alarm_id,
-                status.state,
-                f" via {status.path}" if status.path else "",
+                "alarm %s: %s%s", msg.alarm_id, msg.state, f" via {msg.path}" if msg.path else ""
             )
-            rt.alarm_status.put_nowait(status)
+            rt.alarm_status.put_nowait(msg)
 
 
 async def run_forever(cfg: EdgeConfig) -> None:

@@ -7,7 +7,6 @@ once when it comes back.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
@@ -15,7 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from contract import topics
-from contract.aio import cancel_requested
+from contract.aio import run_every
 from contract.config import ModbusDeviceConfig
 from contract.models import DetailValue, DeviceStatus, utcnow
 from drivers.modbus.errors import DeviceTimeout, ModbusDeviceError
@@ -65,24 +64,7 @@ class ModbusPoller:
         return f"{self.cfg.id}/{point}"
 
     async def run(self) -> None:
-        interval = self.cfg.poll_interval
-        deadline = time.monotonic()
-        while True:
-            if cancel_requested():
-                raise asyncio.CancelledError  # a library swallowed our cancellation
-            try:
-                await self.poll_once()
-            except Exception:
-                # Device errors are handled inside; this is a bug or a full disk. Say so with
-                # the trace and keep polling: a stopped poller is a silent panic button.
-                log.exception("polling %s failed unexpectedly", self.cfg.id)
-            deadline += interval
-            now = time.monotonic()
-            if deadline < now:
-                # We fell behind (a slow read, a timeout): skip the missed slots rather than
-                # firing a burst of back-to-back reads at a struggling device.
-                deadline = now
-            await asyncio.sleep(deadline - now)
+        await run_every(self.cfg.poll_interval, self.poll_once, f"polling {self.cfg.id}")
 
     async def poll_once(self) -> None:
         self.polls += 1

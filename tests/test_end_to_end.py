@@ -178,3 +178,27 @@ async def test_exception_and_garbage_are_device_faults(
             await sim.press(0, 0.005)
             ev = await asyncio.wait_for(events.get(), 5)
             assert ev.kind == "panic"
+
+
+async def test_edge_rejects_bad_downlink_messages(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    async with (
+        DIModuleSimulator("adam-6050") as sim,
+        run_edge(edge_config(tmp_path, mosquitto.port, sim.port)) as edge,
+        client(mosquitto.port) as centre,
+    ):
+        events = event_listener_queue(edge)
+        await wait_for(edge.uplink.connected.is_set)
+        t = topics.alarm_status_topic(CAMPUS)
+        await centre.publish(t, b"{broken", qos=1)
+        await centre.publish(t, b"x" * (70 * 1024), qos=1)
+        other = (
+            '{"v":1,"alarm_id":"' + "A" * 26 + '","campus":"other-campus",'
+            '"state":"closed","ts":"2026-11-29T00:00:00Z"}'
+        )
+        await centre.publish(t, other, qos=1)
+        await centre.publish(f"cg/v1/{CAMPUS}/down/whatever", b"{}", qos=1)
+        await wait_for(lambda: edge.rejected == 4, what="four rejections")
+        # Still polling and still sending.
+        await sim.press(0, 0.005)
+        ev = await asyncio.wait_for(events.get(), 5)
+        assert ev.kind == "panic"
