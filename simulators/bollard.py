@@ -25,23 +25,19 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import math
 import time
-import urllib.parse
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, ClassVar
 
 from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
-from pymodbus.simulator import DataType, SimData, SimDevice
+from pymodbus.simulator import SimDevice
 
 from drivers.modbus.bollard_profile import (
     COMMAND_NAMES,
@@ -53,25 +49,11 @@ from drivers.modbus.bollard_profile import (
 )
 from drivers.modbus.profile import PointRef
 
+from ._control import TABLES, Query, Route, SimulatedDevice, query_arg, sim_tables
+
 __all__ = ["BollardSimulator", "BollardState", "CommandRecord", "run_bollard_sim"]
 
 log = logging.getLogger(__name__)
-
-GarbageKind = Literal["noise", "truncated"]
-UnplugMode = Literal["refuse", "silent"]
-
-_FC_TABLE = {
-    1: "coil",
-    2: "discrete_input",
-    3: "holding_register",
-    4: "input_register",
-    5: "coil",
-    15: "coil",
-    6: "holding_register",
-    16: "holding_register",
-}
-_WRITE_FC = frozenset({5, 6, 15, 16})
-_TABLES = ("coil", "discrete_input", "holding_register", "input_register")
 
 AMBIENT_C = 20.0
 NOMINAL_BAR = 150.0  # a typical hydraulic bollard power pack works at 100-180 bar
@@ -242,16 +224,7 @@ class _Bollard:
         )
 
 
-def _garble(packet: bytes, kind: GarbageKind) -> bytes:
-    if kind == "noise":
-        # XOR keeps the length but breaks the MBAP protocol id (0x0000 -> 0xA5A5).
-        return bytes(b ^ 0xA5 for b in packet)
-    # A well-framed reply one byte short of what its header promises.
-    pdu = packet[7:-1] if len(packet) > 8 else packet[7:]
-    return packet[:4] + (len(pdu) + 1).to_bytes(2, "big") + packet[6:7] + pdu
-
-
-class BollardSimulator:
+class BollardSimulator(SimulatedDevice):
     """A simulated bollard controller on a real Modbus TCP socket.
 
     Args:
@@ -275,8 +248,11 @@ class BollardSimulator:
         requests_seen: Modbus requests that reached the register map.
 
     Call the control methods from the event loop the simulator runs in. Every bollard
-    starts lowered, mains on, accumulator charged, in auto mode.
+    starts lowered, mains on, accumulator charged, in auto mode; unplugged from the
+    network, the bollards carry on moving.
     """
+
+    _http_fixed: ClassVar[Mapping[str, Route]] = {"/state": Route("GET")}
 
     def __init__(
         self,
@@ -305,26 +281,16 @@ class BollardSimulator:
         self.unit = self.profile.default_unit if unit is None else unit
         if not 0 <= self.unit <= 247:
             raise ValueError(f"unit {self.unit} outside 0..247")
+        super().__init__(host=host, port=port, http_port=http_port, http_host=http_host)
         self.bollards = bollards
-        self.host = host
-        self.port = port
         self.travel_time = travel_time
         self.efo_travel_time = efo_travel_time
-        self.http_port = http_port
-        self.http_host = http_host or host
         self.last_command: CommandRecord | None = None
         self.commands: deque[CommandRecord] = deque(maxlen=1000)
-        self.requests_seen = 0
         now = time.monotonic()
         self._bollards = [_Bollard(now) for _ in range(bollards)]
         self._sizes = self._table_sizes()
         self._command_points = self._index_commands()
-        self._server: ModbusTcpServer | None = None
-        self._http: asyncio.Server | None = None
-        self._plugged = True
-        self._silent = False
-        self._exception: ExcCodes | None = None
-        self._garbage: GarbageKind | None = None
 
     # ------------------------------------------------------------------ the map
 
@@ -337,7 +303,7 @@ class BollardSimulator:
         return points
 
     def _table_sizes(self) -> dict[str, int]:
-        sizes = dict.fromkeys(_TABLES, 1)
+        sizes = dict.fromkeys(TABLES, 1)
         for _name, point, width in self._points():
             end = point.address_of(self.bollards - 1) + width
             sizes[point.wire_table] = max(sizes[point.wire_table], end)
@@ -354,7 +320,8 @@ class BollardSimulator:
                     index.setdefault(key, []).append((i, name, point.value))
         return index
 
-    def _render(self, table: str) -> list[int]:
+    def _render_table(self, unit: int, table: str) -> list[int]:
+        self._advance()
         out = [0] * self._sizes[table]
         for i, bollard in enumerate(self._bollards):
             state = bollard.state()
@@ -403,47 +370,12 @@ class BollardSimulator:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def __aenter__(self) -> Self:
-        """Start listening (Modbus, and HTTP if asked)."""
-        await self._listen()
-        if self.http_port is not None:
-            self._http = await asyncio.start_server(
-                self._handle_http, self.http_host, self.http_port
-            )
-            self.http_port = int(self._http.sockets[0].getsockname()[1])
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop serving and close every connection."""
-        if self._http is not None:
-            self._http.close()
-            await self._http.wait_closed()
-            self._http = None
-        await self._stop_listening()
-
     def _devices(self) -> list[SimDevice]:
-        def bits(n: int) -> list[SimData]:
-            return [SimData(0, count=(n + 15) // 16 * 16, values=False, datatype=DataType.BITS)]
-
-        def regs(n: int) -> list[SimData]:
-            return [SimData(0, count=n, values=0, datatype=DataType.REGISTERS)]
-
-        s = self._sizes
-        tables = (
-            bits(s["coil"]),
-            bits(s["discrete_input"]),
-            regs(s["holding_register"]),
-            regs(s["input_register"]),
-        )
-        devices = [SimDevice(self.unit, simdata=tables, action=partial(self._action, True))]
+        tables = sim_tables(self._sizes)
+        devices = [SimDevice(self.unit, simdata=tables, action=partial(self._action, self.unit))]
         if self.unit != 0:
             # Unit 0 is pymodbus' catch-all: answer unknown units like a gateway would.
-            devices.append(SimDevice(0, simdata=tables, action=partial(self._action, False)))
+            devices.append(SimDevice(0, simdata=tables, action=partial(self._action, None)))
         return devices
 
     async def _listen(self) -> None:
@@ -457,62 +389,9 @@ class BollardSimulator:
             "Bollard simulator %s listening on %s:%d", self.profile.name, self.host, self.port
         )
 
-    async def _stop_listening(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            await server.shutdown()  # closes the listening socket and every connection
-
     # ------------------------------------------------------------------ pymodbus hooks
 
-    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
-        if not sending:
-            return data
-        if self._silent:
-            return b""
-        if self._garbage is not None:
-            return _garble(data, self._garbage)
-        return data
-
-    async def _action(
-        self,
-        known_unit: bool,
-        function_code: int,
-        start_address: int,
-        address: int,
-        count: int,
-        registers: list[int],
-        values: list[int] | list[bool] | None,
-    ) -> ExcCodes | None:
-        # Called by pymodbus for every access, before it reads or writes `registers`
-        # (the whole table). The physics is the truth; the table is re-rendered from it.
-        self.requests_seen += 1
-        if self._exception is not None:
-            return self._exception
-        if not known_unit:
-            return ExcCodes.GATEWAY_NO_RESPONSE
-        table = _FC_TABLE.get(function_code)
-        if table is None:
-            return ExcCodes.ILLEGAL_FUNCTION
-        if values is not None:
-            if self._silent:
-                return None  # the request "never arrived": leave the bollards alone
-            return self._write(table, address, [int(v) for v in values])
-        if function_code in _WRITE_FC:
-            return None  # pymodbus reads back after a write to build the echo: keep it
-        self._advance()
-        rendered = self._render(table)
-        if table in ("coil", "discrete_input"):
-            padded = rendered + [0] * (16 * (len(registers) - 1) - len(rendered))
-            packed = [
-                sum(1 << i for i, bit in enumerate(padded[r * 16 : r * 16 + 16]) if bit)
-                for r in range(len(registers) - 1)
-            ]
-            registers[: len(packed)] = packed
-        else:
-            registers[: len(rendered)] = rendered
-        return None
-
-    def _write(self, table: str, address: int, values: Sequence[int]) -> ExcCodes | None:
+    def _write(self, unit: int, table: str, address: int, values: list[int]) -> ExcCodes | None:
         targets = [self._command_points.get((table, address + k)) for k in range(len(values))]
         if any(t is None for t in targets):
             return ExcCodes.ILLEGAL_ADDRESS  # only command points are writable
@@ -668,47 +547,6 @@ class BollardSimulator:
         (stop aside) and only :meth:`local_command` operates the bollard."""
         self._bollard(index).manual = bool(on)
 
-    @property
-    def open_connections(self) -> int:
-        """Client connections open right now."""
-        server = self._server
-        return 0 if server is None else len(server.active_connections)
-
-    async def unplug(self, mode: UnplugMode = "refuse") -> None:
-        """Take the controller off the network; the bollards carry on moving.
-
-        Args:
-            mode: ``refuse``: close every connection and the listening socket (the peer
-                sees a reset, then "connection refused"). ``silent``: keep the sockets
-                but drop every request (the peer sees timeouts).
-        """
-        if mode == "silent":
-            self._silent = True
-            return
-        self._plugged = False
-        await self._stop_listening()
-
-    async def plug(self) -> None:
-        """Undo :meth:`unplug`; listens again on the same port."""
-        self._silent = False
-        if not self._plugged:
-            self._plugged = True
-            await self._listen()
-
-    def exception_mode(self, code: int | None) -> None:
-        """Answer every request with Modbus exception ``code`` (``None`` = normal)."""
-        self._exception = None if code is None else ExcCodes(code)
-
-    def garbage_mode(self, kind: GarbageKind | None = "noise") -> None:
-        """Reply with garbage: ``noise`` (scrambled bytes) or ``truncated``; ``None`` = normal."""
-        self._garbage = kind
-
-    def normal_mode(self) -> None:
-        """Clear the exception and garbage modes and the silent unplug."""
-        self._exception = None
-        self._garbage = None
-        self._silent = False
-
     def snapshot(self) -> dict[str, Any]:
         """The simulator's state as JSON-ready data (what ``GET /state`` returns)."""
         return {
@@ -716,10 +554,7 @@ class BollardSimulator:
             "unit": self.unit,
             "host": self.host,
             "port": self.port,
-            "plugged": self._plugged,
-            "silent": self._silent,
-            "exception": None if self._exception is None else int(self._exception),
-            "garbage": self._garbage,
+            **self.link_state(),
             "travel_time": self.travel_time,
             "efo_travel_time": self.efo_travel_time,
             "open_connections": self.open_connections,
@@ -733,14 +568,10 @@ class BollardSimulator:
 
     # ------------------------------------------------------------------ HTTP control
 
-    async def _http_dispatch(
-        self, method: str, path: str, query: dict[str, str]
-    ) -> tuple[int, dict[str, Any]]:
+    def _http_routes(self, query: Query) -> dict[str, Route]:
+        # GET /state (_http_fixed) is answered before this runs, whatever the query holds.
         def arg(name: str, default: str | None = None) -> str:
-            raw = query.get(name, default)
-            if raw is None:
-                raise ValueError(f"missing query parameter {name!r}")
-            return raw
+            return query_arg(query, name, default)
 
         def flag(name: str, default: str | None = None) -> bool:
             raw = arg(name, default).strip().lower()
@@ -748,12 +579,8 @@ class BollardSimulator:
                 raise ValueError(f"{name} must be 0/1 or true/false, got {raw!r}")
             return raw in ("1", "true")
 
-        if path == "/state":
-            if method != "GET":
-                return 405, {"error": "use GET"}
-            return 200, self.snapshot()
         i = int(arg("bollard", "0"))
-        routes: dict[str, Callable[[], object]] = {
+        actions: dict[str, Callable[[], object]] = {
             "/impact": lambda: self.inject_impact(i),
             "/loop": lambda: self.set_vehicle_loop(i, flag("occupied", "1")),
             "/jam": lambda: self.jam(i, flag("on", "1")),
@@ -767,73 +594,9 @@ class BollardSimulator:
             "/maintenance": lambda: self.set_maintenance(i, flag("on", "1")),
             "/manual": lambda: self.set_manual(i, flag("on", "1")),
             "/command": lambda: self.local_command(i, arg("cmd")),
-            "/link": lambda: self._http_link(arg("mode"), query.get("code")),
+            "/link": lambda: self._link_fault(arg("mode"), query.get("code")),
         }
-        route = routes.get(path)
-        if route is None:
-            return 404, {"error": f"no such endpoint {path}"}
-        if method != "POST":
-            return 405, {"error": "use POST"}
-        result = route()
-        if isinstance(result, Awaitable):
-            await result
-        return 200, self.snapshot()
-
-    async def _http_link(self, mode: str, code: str | None) -> None:
-        if mode in ("unplug", "silent"):
-            await self.unplug("silent" if mode == "silent" else "refuse")
-        elif mode == "plug":
-            await self.plug()
-        elif mode == "exception":
-            self.exception_mode(int(code or "4"))
-        elif mode in ("noise", "garbage", "truncated"):
-            self.garbage_mode("truncated" if mode == "truncated" else "noise")
-        elif mode == "normal":
-            self.normal_mode()
-        else:
-            raise ValueError(
-                "mode must be unplug, silent, plug, exception, garbage, truncated or normal"
-            )
-
-    async def _handle_http(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        # A deliberately tiny HTTP/1.1 server: one request per connection, query
-        # parameters only, JSON out. Enough for curl and the demo; no dependency.
-        status, body = 400, {"error": "bad request"}
-        try:
-            async with asyncio.timeout(10):
-                request_line = (await reader.readline()).decode("latin-1").strip()
-                length = 0
-                while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
-                    name, _, value = line.decode("latin-1").partition(":")
-                    if name.strip().lower() == "content-length":
-                        length = int(value.strip() or 0)
-                if length:
-                    await reader.readexactly(min(length, 65536))
-            method, target, _version = request_line.split(" ", 2)
-            url = urllib.parse.urlsplit(target)
-            query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
-            status, body = await self._http_dispatch(method.upper(), url.path, query)
-        except (ValueError, KeyError) as exc:
-            status, body = 400, {"error": str(exc)}
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-            writer.close()
-            return
-        payload = json.dumps(body).encode()
-        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
-        head = (
-            f"HTTP/1.1 {status} {reason.get(status, 'Error')}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
-            "Connection: close\r\n\r\n"
-        )
-        try:
-            writer.write(head.encode() + payload)
-            await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
+        return {path: Route("POST", action) for path, action in actions.items()}
 
 
 async def run_bollard_sim(
@@ -883,6 +646,4 @@ async def run_bollard_sim(
             sim.port,
             "off" if sim.http_port is None else f"on port {sim.http_port}",
         )
-        if started is not None:
-            started(sim)
-        await asyncio.Event().wait()
+        await sim.run_forever(started)

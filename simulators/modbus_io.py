@@ -19,21 +19,20 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import time
-import urllib.parse
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any
 
 from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
-from pymodbus.simulator import DataType, SimData, SimDevice
+from pymodbus.simulator import SimDevice
+
+from ._control import Query, Route, SimulatedDevice, UnplugMode, query_arg, sim_tables
 
 __all__ = [
     "EMULATED_MODELS",
@@ -44,12 +43,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-GarbageKind = Literal["noise", "truncated"]
-UnplugMode = Literal["refuse", "silent"]
-
-_COIL, _DI, _HR, _IR = "c", "d", "h", "i"
-_FC_TABLE = {1: _COIL, 2: _DI, 3: _HR, 4: _IR, 5: _COIL, 15: _COIL, 6: _HR, 16: _HR}
-_WRITE_FC = frozenset({5, 6, 15, 16})
+_COIL, _DI, _HR, _IR = "coil", "discrete_input", "holding_register", "input_register"
 
 
 def _m(point: str) -> int:
@@ -310,18 +304,7 @@ EMULATED_MODELS: dict[str, tuple[type[_Module], int]] = {
 }
 
 
-def _garble(packet: bytes, kind: GarbageKind, rtu: bool) -> bytes:
-    if kind == "noise":
-        # XOR keeps the length but breaks the MBAP protocol id (0x0000 -> 0xA5A5) or the CRC.
-        return bytes(b ^ 0xA5 for b in packet)
-    if rtu:
-        return packet[:-1]  # one byte short: the CRC no longer matches
-    # A well-framed reply one byte short of what its header promises.
-    pdu = packet[7:-1] if len(packet) > 8 else packet[7:]
-    return packet[:4] + (len(pdu) + 1).to_bytes(2, "big") + packet[6:7] + pdu
-
-
-class DIModuleSimulator:
+class DIModuleSimulator(SimulatedDevice):
     """A simulated DI module on a real Modbus TCP socket.
 
     Args:
@@ -368,71 +351,30 @@ class DIModuleSimulator:
             )
         if not units or len(set(units)) != len(units) or not all(1 <= u <= 247 for u in units):
             raise ValueError(f"units must be distinct ids in 1..247, got {units}")
+        super().__init__(host=host, port=port, http_port=http_port, http_host=http_host)
         cls, channels = EMULATED_MODELS[key]
         self.profile = key
-        self.host = host
-        self.port = port
         self.channels = channels
         self.units = tuple(units)
         self.modules: dict[int, _Module] = {u: cls(channels) for u in self.units}
-        self.http_port = http_port
-        self.http_host = http_host or host
         self.serial_port = serial_port
         self.baudrate = baudrate
         self.last_flip: InputFlip | None = None
         self.connections_accepted = 0
-        self.requests_seen = 0
         self._template = cls(channels)
-        self._server: ModbusTcpServer | ModbusSerialServer | None = None
-        self._http: asyncio.Server | None = None
-        self._plugged = True
-        self._silent = False
-        self._exception: ExcCodes | None = None
-        self._garbage: GarbageKind | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def __aenter__(self) -> Self:
-        """Start listening (Modbus, and HTTP if asked)."""
-        await self._listen()
-        if self.http_port is not None:
-            self._http = await asyncio.start_server(
-                self._handle_http, self.http_host, self.http_port
-            )
-            self.http_port = int(self._http.sockets[0].getsockname()[1])
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop serving and close every connection."""
-        if self._http is not None:
-            self._http.close()
-            await self._http.wait_closed()
-            self._http = None
-        await self._stop_listening()
-
     def _devices(self) -> list[SimDevice]:
-        def tables(module: _Module) -> tuple[list[SimData], ...]:
-            def bits(n: int) -> list[SimData]:
-                return [SimData(0, count=(n + 15) // 16 * 16, values=False, datatype=DataType.BITS)]
-
-            def regs(n: int) -> list[SimData]:
-                return [SimData(0, count=n, values=0, datatype=DataType.REGISTERS)]
-
-            s = module.sizes
-            return (bits(s[_COIL]), bits(s[_DI]), regs(s[_HR]), regs(s[_IR]))
-
         devices = [
-            SimDevice(unit, simdata=tables(module), action=partial(self._action, unit))
+            SimDevice(unit, simdata=sim_tables(module.sizes), action=partial(self._action, unit))
             for unit, module in self.modules.items()
         ]
         # Unit 0 is pymodbus' catch-all: answer unknown units like a gateway would.
         devices.append(
-            SimDevice(0, simdata=tables(self._template), action=partial(self._action, None))
+            SimDevice(
+                0, simdata=sim_tables(self._template.sizes), action=partial(self._action, None)
+            )
         )
         return devices
 
@@ -461,72 +403,28 @@ class DIModuleSimulator:
         self.port = int(server.transport.sockets[0].getsockname()[1])
         log.debug("Modbus simulator %s listening on %s:%d", self.profile, self.host, self.port)
 
-    async def _stop_listening(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            # Closes the listening socket and every open connection.
-            await server.shutdown()
-
     # ------------------------------------------------------------------ pymodbus hooks
 
     def _trace_connect(self, connected: bool) -> None:
         if connected:
             self.connections_accepted += 1
 
-    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
-        if not sending:
-            return data
-        if self._silent:
-            return b""
-        rtu = self.serial_port is not None
-        if rtu and data and data[0] not in self.modules:
-            return b""  # RS-485: an absent unit is silence, no gateway answers for it
-        if self._garbage is not None:
-            return _garble(data, self._garbage, rtu)
-        return data
+    @property
+    def _rtu(self) -> bool:
+        return self.serial_port is not None
 
-    async def _action(
-        self,
-        unit: int | None,
-        function_code: int,
-        start_address: int,
-        address: int,
-        count: int,
-        registers: list[int],
-        values: list[int] | list[bool] | None,
-    ) -> ExcCodes | None:
-        # Called by pymodbus for every access, before it reads or writes `registers`
-        # (the whole table). The module state is the truth; the table is re-rendered
-        # from it for each read.
-        self.requests_seen += 1
-        if self._exception is not None:
-            return self._exception
-        if unit is None:
-            return ExcCodes.GATEWAY_NO_RESPONSE
-        module = self.modules[unit]
-        table = _FC_TABLE.get(function_code)
-        if table is None:
-            return ExcCodes.ILLEGAL_FUNCTION
-        if values is not None:
-            if self._silent:
-                return None  # the request "never arrived": leave the module alone
-            return module.write(table, address, [int(v) for v in values])
-        if function_code in _WRITE_FC:
-            return None  # pymodbus reads back after a write to build the echo: keep it
-        refused = module.refuse_read(function_code)
-        if refused is not None:
-            return refused
-        rendered = module.render(table)
-        if table in (_COIL, _DI):
-            padded = rendered + [0] * (16 * (len(registers) - 1) - len(rendered))
-            packed = [
-                sum(1 << i for i, bit in enumerate(padded[r * 16 : r * 16 + 16]) if bit)
-                for r in range(len(registers) - 1)
-            ]
-            registers[: len(packed)] = packed
-        else:
-            registers[: len(rendered)] = rendered
-        return None
+    def _unanswered(self, reply: bytes) -> bool:
+        # RS-485: an absent unit is silence, no gateway answers for it
+        return self._rtu and bool(reply) and reply[0] not in self.modules
+
+    def _write(self, unit: int, table: str, address: int, values: list[int]) -> ExcCodes | None:
+        return self.modules[unit].write(table, address, values)
+
+    def _refuse_read(self, unit: int, function_code: int) -> ExcCodes | None:
+        return self.modules[unit].refuse_read(function_code)
+
+    def _render_table(self, unit: int, table: str) -> list[int]:
+        return self.modules[unit].render(table)
 
     # ------------------------------------------------------------------ control API
 
@@ -593,49 +491,13 @@ class DIModuleSimulator:
         _, module = self._module(unit, channel)
         module.counters[channel] = value
 
-    @property
-    def open_connections(self) -> int:
-        """Client connections open right now."""
-        server = self._server
-        return 0 if server is None else len(server.active_connections)
-
     async def unplug(self, mode: UnplugMode = "refuse") -> None:
-        """Take the module off the network.
+        """Take the module off the network (see :meth:`SimulatedDevice.unplug`).
 
-        Args:
-            mode: ``refuse``: close every connection and the listening socket (the
-                peer sees a reset, then "connection refused"). ``silent``: keep the
-                sockets but drop every request, like a cut cable behind a switch
-                (the peer sees timeouts). A serial simulator always goes silent: closing
-                a pty would end the ``socat`` pairing it.
+        A serial simulator always goes silent: closing a pty would end the ``socat``
+        pairing it.
         """
-        if mode == "silent" or self.serial_port is not None:
-            self._silent = True
-            return
-        self._plugged = False
-        await self._stop_listening()
-
-    async def plug(self) -> None:
-        """Undo :meth:`unplug`; listens again on the same port."""
-        self._silent = False
-        if not self._plugged:
-            self._plugged = True
-            await self._listen()
-
-    def exception_mode(self, code: int | None) -> None:
-        """Answer every request with Modbus exception ``code`` (``None`` = normal)."""
-        self._exception = None if code is None else ExcCodes(code)
-
-    def garbage_mode(self, kind: GarbageKind | None = "noise") -> None:
-        """Reply with garbage: ``noise`` (scrambled bytes) or ``truncated`` (a reply
-        one byte shorter than its header says). ``None`` = normal."""
-        self._garbage = kind
-
-    def normal_mode(self) -> None:
-        """Clear the exception and garbage modes and the silent unplug."""
-        self._exception = None
-        self._garbage = None
-        self._silent = False
+        await super().unplug("silent" if self.serial_port is not None else mode)
 
     def snapshot(self) -> dict[str, Any]:
         """The simulator's state as JSON-ready data (what ``GET /state`` returns)."""
@@ -644,10 +506,7 @@ class DIModuleSimulator:
             "host": self.host,
             "port": self.port,
             "serial_port": self.serial_port,
-            "plugged": self._plugged,
-            "silent": self._silent,
-            "exception": None if self._exception is None else int(self._exception),
-            "garbage": self._garbage,
+            **self.link_state(),
             "open_connections": self.open_connections,
             "connections_accepted": self.connections_accepted,
             "requests_seen": self.requests_seen,
@@ -665,97 +524,31 @@ class DIModuleSimulator:
 
     # ------------------------------------------------------------------ HTTP control
 
-    async def _http_dispatch(
-        self, method: str, path: str, query: dict[str, str]
-    ) -> tuple[int, dict[str, Any]]:
+    def _http_routes(self, query: Query) -> dict[str, Route]:
         def number(name: str, default: str | None = None) -> float:
-            raw = query.get(name, default)
-            if raw is None:
-                raise ValueError(f"missing query parameter {name!r}")
-            return float(raw)
+            return float(query_arg(query, name, default))
 
         unit = int(number("unit")) if "unit" in query else None
-        routes: dict[str, Callable[[], Awaitable[None] | None]] = {
-            "/press": lambda: self.press(
-                int(number("channel")), number("ms", "200") / 1000, unit=unit
+        return {
+            "/state": Route("GET"),
+            "/press": Route(
+                "POST",
+                lambda: self.press(int(number("channel")), number("ms", "200") / 1000, unit=unit),
             ),
-            "/set": lambda: self.set_input(
-                int(number("channel")), bool(int(number("active"))), unit=unit
+            "/set": Route(
+                "POST",
+                lambda: self.set_input(
+                    int(number("channel")), bool(int(number("active"))), unit=unit
+                ),
             ),
-            "/resistance": lambda: self.set_resistance(
-                int(number("channel")), number("ohms"), unit=unit
+            "/resistance": Route(
+                "POST",
+                lambda: self.set_resistance(int(number("channel")), number("ohms"), unit=unit),
             ),
-            "/fault": lambda: self._http_fault(query.get("mode", ""), query.get("code")),
+            "/fault": Route(
+                "POST", lambda: self._link_fault(query.get("mode", ""), query.get("code"))
+            ),
         }
-        if path == "/state":
-            if method != "GET":
-                return 405, {"error": "use GET"}
-            return 200, self.snapshot()
-        route = routes.get(path)
-        if route is None:
-            return 404, {"error": f"no such endpoint {path}"}
-        if method != "POST":
-            return 405, {"error": "use POST"}
-        result = route()
-        if result is not None:
-            await result
-        return 200, self.snapshot()
-
-    async def _http_fault(self, mode: str, code: str | None) -> None:
-        if mode in ("unplug", "silent"):
-            await self.unplug("silent" if mode == "silent" else "refuse")
-        elif mode == "plug":
-            await self.plug()
-        elif mode == "exception":
-            self.exception_mode(int(code or "4"))
-        elif mode in ("noise", "garbage", "truncated"):
-            self.garbage_mode("truncated" if mode == "truncated" else "noise")
-        elif mode == "normal":
-            self.normal_mode()
-        else:
-            raise ValueError(
-                "mode must be unplug, silent, plug, exception, garbage, truncated or normal"
-            )
-
-    async def _handle_http(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        # A deliberately tiny HTTP/1.1 server: one request per connection, query
-        # parameters only, JSON out. Enough for curl and the demo; no dependency.
-        status, body = 400, {"error": "bad request"}
-        try:
-            async with asyncio.timeout(10):
-                request_line = (await reader.readline()).decode("latin-1").strip()
-                length = 0
-                while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
-                    name, _, value = line.decode("latin-1").partition(":")
-                    if name.strip().lower() == "content-length":
-                        length = int(value.strip() or 0)
-                if length:
-                    await reader.readexactly(min(length, 65536))
-            method, target, _version = request_line.split(" ", 2)
-            url = urllib.parse.urlsplit(target)
-            query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
-            status, body = await self._http_dispatch(method.upper(), url.path, query)
-        except (ValueError, KeyError) as exc:
-            status, body = 400, {"error": str(exc)}
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-            writer.close()
-            return
-        payload = json.dumps(body).encode()
-        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
-        head = (
-            f"HTTP/1.1 {status} {reason.get(status, 'Error')}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
-            "Connection: close\r\n\r\n"
-        )
-        try:
-            writer.write(head.encode() + payload)
-            await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
 
 
 async def run_modbus_sim(
@@ -790,6 +583,4 @@ async def run_modbus_sim(
             sim.port,
             "off" if sim.http_port is None else f"on port {sim.http_port}",
         )
-        if started is not None:
-            started(sim)
-        await asyncio.Event().wait()
+        await sim.run_forever(started)

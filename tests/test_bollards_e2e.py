@@ -122,7 +122,7 @@ async def test_raise_two_step_then_done_with_position(mosquitto: Mosquitto, tmp_
         done = await next_command_event(q, req.id)
         assert done["outcome"] == "done", done
         assert done["position"] == "up"
-        assert float(done["elapsed_s"]) <= TRAVEL + 0.3
+        assert float(done["elapsed_s"]) <= TRAVEL + 0.4  # travel + a poll, with slack for a loaded machine
         assert poller.state_of("b-left") == "up"
         # A replay of the same command id is refused.
         await send(centre, req)

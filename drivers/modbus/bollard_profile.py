@@ -19,15 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Annotated, Literal, Self, get_args
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .codec import BIT_TABLES, REGISTER_TABLES, Table, WordOrder, wire_to_modicon
-from .errors import ProfileError
-from .profile import PointRef, WriteRef, _format_location
+from .profile import PointRef, WriteRef, list_yaml_names, load_yaml_model, parse_yaml_model
 
 __all__ = [
     "COMMAND_NAMES",
@@ -365,88 +364,33 @@ _COMMAND_FIELDS = ("raise_", "lower", "stop", "emergency_raise", "clear_impact")
 # --------------------------------------------------------------------------- loading
 
 
-def _builtin_dir() -> resources.abc.Traversable:
+def _builtin_dir() -> Traversable:
     return resources.files(_PACKAGE).joinpath(_PROFILE_DIR)
 
 
 def list_bollard_profiles() -> list[str]:
     """Names of the built-in bollard profiles, e.g. ``["generic-plc"]``, sorted."""
-    return sorted(
-        entry.name.removesuffix(".yaml")
-        for entry in _builtin_dir().iterdir()
-        if entry.name.endswith(".yaml")
-    )
+    return list_yaml_names(_builtin_dir())
 
 
 def parse_bollard_profile(text: str, source: str, name: str) -> BollardProfile:
-    """Validate a bollard profile from YAML text.
-
-    Args:
-        text: The YAML document.
-        source: File name for error messages.
-        name: Profile name to record.
+    """Validate a bollard profile from YAML ``text`` read from ``source``, named ``name``
+    unless it says otherwise (see :func:`~drivers.modbus.profile.parse_yaml_model`).
 
     Raises:
         ProfileError: One message naming ``source`` and the offending key(s).
     """
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}:" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ProfileError(f"{source}:{where} not valid YAML: {problem}") from None
-    if not isinstance(data, dict):
-        raise ProfileError(f"{source}: a profile is a mapping of keys, got {type(data).__name__}")
-    data.setdefault("name", name)
-    try:
-        return BollardProfile.model_validate(data)
-    except ValidationError as exc:
-        problems: list[str] = []
-        for err in exc.errors(include_url=False):
-            message = err["msg"].removeprefix("Value error, ")
-            if err["type"] != "missing" and not isinstance(err["input"], dict):
-                message += f" (got {err['input']!r})"
-            # Profile-wide checks name their key at the start of the message.
-            problems.append(f"{_format_location(err['loc'])}: {message}" if err["loc"] else message)
-        raise ProfileError(f"{source}: {'; '.join(problems)}") from None
+    # Profile-wide checks name their key at the start of the message.
+    return parse_yaml_model(BollardProfile, text, source, name, locate_model_errors=False)
 
 
 def load_bollard_profile(name_or_path: str | Path) -> BollardProfile:
-    """Load a built-in bollard profile by name, or a profile YAML file by path.
-
-    Args:
-        name_or_path: ``"generic-plc"`` (case-insensitive; see :func:`list_bollard_profiles`)
-            or a path to a ``.yaml`` file.
-
-    Returns:
-        The validated profile.
+    """Load a built-in bollard profile by name (``"generic-plc"``, case-insensitive; see
+    :func:`list_bollard_profiles`), or a profile YAML file by path.
 
     Raises:
-        ProfileError: Unknown name, unreadable file, bad YAML or an invalid key; the
-            message names the file and the key.
+        ProfileError: As :func:`~drivers.modbus.profile.load_profile` does.
     """
-    text_name = str(name_or_path)
-    looks_like_path = (
-        isinstance(name_or_path, Path)
-        or text_name.endswith((".yaml", ".yml"))
-        or "/" in text_name
-        or "\\" in text_name
-    )
-    if looks_like_path:
-        path = Path(name_or_path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ProfileError(f"{path}: cannot read profile: {exc.strerror}") from None
-        return parse_bollard_profile(text, str(path), path.stem)
-    key = text_name.strip().lower()
-    entry = _builtin_dir().joinpath(f"{key}.yaml")
-    if not entry.is_file():
-        raise ProfileError(
-            f"no built-in bollard profile {text_name!r}; "
-            f"available: {', '.join(list_bollard_profiles())}"
-        )
-    return parse_bollard_profile(
-        entry.read_text(encoding="utf-8"), f"{_PROFILE_DIR}/{key}.yaml", key
+    return load_yaml_model(
+        name_or_path, _builtin_dir(), parse_bollard_profile, kind="bollard profile"
     )

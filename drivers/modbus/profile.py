@@ -14,9 +14,11 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Literal, Self, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -44,7 +46,10 @@ __all__ = [
     "StateCapability",
     "WriteRef",
     "list_profiles",
+    "list_yaml_names",
     "load_profile",
+    "load_yaml_model",
+    "parse_yaml_model",
 ]
 
 CapabilityName = Literal["state", "latch", "counter", "analog"]
@@ -52,6 +57,8 @@ _PACKAGE = "drivers.modbus"
 _PROFILE_DIR = "profiles"
 
 _Strict = ConfigDict(extra="forbid", frozen=True)
+
+_M = TypeVar("_M", bound=BaseModel)
 
 
 class PointRef(BaseModel):
@@ -303,17 +310,22 @@ class Profile(BaseModel):
 # --------------------------------------------------------------------------- loading
 
 
-def _builtin_dir() -> resources.abc.Traversable:
+def _builtin_dir() -> Traversable:
     return resources.files(_PACKAGE).joinpath(_PROFILE_DIR)
+
+
+def list_yaml_names(folder: Traversable) -> list[str]:
+    """Names of the ``.yaml`` files in ``folder``, without the suffix, sorted."""
+    return sorted(
+        entry.name.removesuffix(".yaml")
+        for entry in folder.iterdir()
+        if entry.name.endswith(".yaml")
+    )
 
 
 def list_profiles() -> list[str]:
     """Names of the built-in profiles, e.g. ``["adam-6050", ...]``, sorted."""
-    return sorted(
-        entry.name.removesuffix(".yaml")
-        for entry in _builtin_dir().iterdir()
-        if entry.name.endswith(".yaml")
-    )
+    return list_yaml_names(_builtin_dir())
 
 
 def _format_location(loc: tuple[int | str, ...]) -> str:
@@ -329,16 +341,23 @@ def _format_location(loc: tuple[int | str, ...]) -> str:
     return "".join(parts) or "(top level)"
 
 
-def parse_profile(text: str, source: str, name: str) -> Profile:
-    """Validate a profile from YAML text.
+def parse_yaml_model(
+    model_cls: type[_M], text: str, source: str, name: str, *, locate_model_errors: bool = True
+) -> _M:
+    """Validate a YAML document as ``model_cls``, its ``name`` field defaulting to ``name``.
 
     Args:
+        model_cls: The pydantic model of the document (a mapping with a ``name`` field).
         text: The YAML document.
         source: File name for error messages.
-        name: Profile name to record.
+        name: Name to record when the document gives none.
+        locate_model_errors: Prefix an error of a model-wide check with ``(top level)``,
+            like every other error with its key; ``False`` when those checks name their
+            keys in the message.
 
     Raises:
-        ProfileError: Naming ``source`` and the offending key.
+        ProfileError: One message naming ``source`` and the offending key(s): YAML
+            errors with their line, a document that is not a mapping, invalid values.
     """
     try:
         data = yaml.safe_load(text)
@@ -351,18 +370,75 @@ def parse_profile(text: str, source: str, name: str) -> Profile:
         raise ProfileError(f"{source}: a profile is a mapping of keys, got {type(data).__name__}")
     data.setdefault("name", name)
     try:
-        return Profile.model_validate(data)
+        return model_cls.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{_format_location(err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
-            + (
-                f" (got {err['input']!r})"
-                if err["type"] != "missing" and not isinstance(err["input"], dict)
-                else ""
-            )
-            for err in exc.errors(include_url=False)
+        problems: list[str] = []
+        for err in exc.errors(include_url=False):
+            message = err["msg"].removeprefix("Value error, ")
+            if err["type"] != "missing" and not isinstance(err["input"], dict):
+                message += f" (got {err['input']!r})"
+            if err["loc"] or locate_model_errors:
+                message = f"{_format_location(err['loc'])}: {message}"
+            problems.append(message)
+        raise ProfileError(f"{source}: {'; '.join(problems)}") from None
+
+
+def load_yaml_model(
+    name_or_path: str | Path,
+    builtin: Traversable,
+    parse: Callable[[str, str, str], _M],
+    *,
+    kind: str = "profile",
+) -> _M:
+    """Load a built-in YAML document by name, or a YAML file by path.
+
+    Args:
+        name_or_path: A name of a file in ``builtin``, without ``.yaml``
+            (case-insensitive), or a path: a :class:`~pathlib.Path`, or a string
+            ending in ``.yaml``/``.yml`` or holding a slash.
+        builtin: The folder of built-in documents.
+        parse: Validates a document: ``parse(text, source, name)``, e.g. a
+            :func:`parse_yaml_model` with its model.
+        kind: What the documents are, for the unknown-name message.
+
+    Raises:
+        ProfileError: Unknown name, unreadable file, or whatever ``parse`` raises.
+    """
+    text_name = str(name_or_path)
+    looks_like_path = (
+        isinstance(name_or_path, Path)
+        or text_name.endswith((".yaml", ".yml"))
+        or "/" in text_name
+        or "\\" in text_name
+    )
+    if looks_like_path:
+        path = Path(name_or_path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ProfileError(f"{path}: cannot read profile: {exc.strerror}") from None
+        return parse(text, str(path), path.stem)
+    key = text_name.strip().lower()
+    entry = builtin.joinpath(f"{key}.yaml")
+    if not entry.is_file():
+        raise ProfileError(
+            f"no built-in {kind} {text_name!r}; available: {', '.join(list_yaml_names(builtin))}"
         )
-        raise ProfileError(f"{source}: {problems}") from None
+    return parse(entry.read_text(encoding="utf-8"), f"{builtin.name}/{key}.yaml", key)
+
+
+def parse_profile(text: str, source: str, name: str) -> Profile:
+    """Validate a profile from YAML text.
+
+    Args:
+        text: The YAML document.
+        source: File name for error messages.
+        name: Profile name to record.
+
+    Raises:
+        ProfileError: Naming ``source`` and the offending key.
+    """
+    return parse_yaml_model(Profile, text, source, name)
 
 
 def load_profile(name_or_path: str | Path) -> Profile:
@@ -379,24 +455,4 @@ def load_profile(name_or_path: str | Path) -> Profile:
         ProfileError: Unknown name, unreadable file, bad YAML or an invalid key; the
             message names the file and the key.
     """
-    text_name = str(name_or_path)
-    looks_like_path = (
-        isinstance(name_or_path, Path)
-        or text_name.endswith((".yaml", ".yml"))
-        or "/" in text_name
-        or "\\" in text_name
-    )
-    if looks_like_path:
-        path = Path(name_or_path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ProfileError(f"{path}: cannot read profile: {exc.strerror}") from None
-        return parse_profile(text, str(path), path.stem)
-    key = text_name.strip().lower()
-    entry = _builtin_dir().joinpath(f"{key}.yaml")
-    if not entry.is_file():
-        raise ProfileError(
-            f"no built-in profile {text_name!r}; available: {', '.join(list_profiles())}"
-        )
-    return parse_profile(entry.read_text(encoding="utf-8"), f"profiles/{key}.yaml", key)
+    return load_yaml_model(name_or_path, _builtin_dir(), parse_profile)
