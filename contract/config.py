@@ -355,10 +355,45 @@ class GatewayNode(Strict):
     )
 
 
+class ApiToken(Strict):
+    """A bearer token for the gateway API, bound to a user, a role and the campuses it may act
+    on. (Accounts with passwords and sessions come with the consoles; these are for machine
+    clients and for operating bollards until then.)"""
+
+    user: Annotated[str, Field(min_length=1, max_length=64)]
+    role: Literal["guard", "supervisor", "technician", "dispatcher", "admin"]
+    campuses: list[str] = Field(
+        min_length=1, description="campus ids this token may act on; ['*'] = all"
+    )
+    token: SecretStr | None = Field(None, description="use ${ENV} or token_file; >= 24 chars")
+    token_file: Path | None = None
+
+    def secret(self) -> str:
+        if self.token is not None:
+            return self.token.get_secret_value()
+        if self.token_file is not None:
+            return self.token_file.read_text(encoding="utf-8").strip()
+        return ""
+
+    @model_validator(mode="after")
+    def _has_secret(self) -> ApiToken:
+        if (self.token is None) == (self.token_file is None):
+            raise ValueError("give exactly one of 'token' or 'token_file'")
+        if self.token is not None and len(self.token.get_secret_value()) < 24:
+            raise ValueError("a token must be at least 24 characters")
+        return self
+
+    def may_act_on(self, campus: str) -> bool:
+        return "*" in self.campuses or campus in self.campuses
+
+
 class GatewayConfig(Strict):
     """The central gateway: broker, database, campuses and the police relay."""
 
     gateway: GatewayNode = GatewayNode()
+    api_tokens: list[ApiToken] = Field(
+        default_factory=list, description="bearer tokens; none = commands through the API are off"
+    )
     mqtt: MqttConfig = MqttConfig()
     database: DatabaseConfig = DatabaseConfig()
     campuses: list[CampusAccount] = Field(min_length=1)

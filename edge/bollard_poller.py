@@ -142,6 +142,7 @@ class BollardPoller:
             b = self.bollards[r.bollard]
             detail: dict[str, DetailValue] = {
                 "command_id": r.command_id,
+                "bollard": b.index,
                 "command": r.command.value,
                 "outcome": r.status,
                 "reason": r.reason,
@@ -196,6 +197,7 @@ class BollardPoller:
         now_dt = datetime.now(UTC)
         base: dict[str, DetailValue] = {
             "command_id": msg.id,
+            "bollard": msg.bollard,
             "command": msg.action,
             "user": msg.user,
             "role": msg.role,

@@ -119,6 +119,8 @@ class Ingest:
         self.accepted[parsed.kind] += 1
         if isinstance(msg, Event):
             await self._event(msg)
+            if msg.kind == "bollard_command":
+                await self.store.command_progress(msg)
             return msg.campus, msg.id
         if isinstance(msg, EdgeState):
             before = await self.store.upsert_edge_state(msg)

@@ -47,6 +47,7 @@ class GatewayMqtt(Service):
         self.connected = asyncio.Event()
         self.wake_downlink = asyncio.Event()
         self._receipts: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self._live: aiomqtt.Client | None = None
 
     def _client(self) -> aiomqtt.Client:
         client = aiomqtt.Client(
@@ -76,6 +77,7 @@ class GatewayMqtt(Service):
                     for sub in topics.gateway_subscriptions(self._share):
                         await client.subscribe(sub, qos=1)
                     backoff.reset()
+                    self._live = client
                     self.connected.set()
                     down_logged = False
                     log.info("gateway connected to broker %s:%d", self._cfg.host, self._cfg.port)
@@ -104,6 +106,20 @@ class GatewayMqtt(Service):
                 log.exception("MQTT session failed unexpectedly; reconnecting")
                 self.connected.clear()
                 await asyncio.sleep(backoff.next())
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        """Publish to a campus (QoS 1, waits for the broker's PUBACK).
+
+        Raises:
+            ConnectionError: the gateway has no broker connection now.
+        """
+        client = self._live
+        if client is None or not self.connected.is_set():
+            raise ConnectionError("the gateway is not connected to the broker")
+        try:
+            await client.publish(topic, payload, qos=1, timeout=self._cfg.connect_timeout)
+        except aiomqtt.MqttError as exc:
+            raise ConnectionError(f"publish failed: {exc}") from None
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:

@@ -131,3 +131,27 @@ class EdgeStateRow(Base):
     ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     version: Mapped[str] = mapped_column(String(32), default="")
     reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class CommandRow(Base):
+    """A command to a device and what became of it: the audit trail of who did what and why.
+
+    Refusals at the gateway (no right to that campus, unknown token) are rows too.
+    """
+
+    __tablename__ = "commands"
+
+    id: Mapped[str] = mapped_column(String(26), primary_key=True)
+    campus: Mapped[str] = mapped_column(String(64), index=True)
+    device: Mapped[str] = mapped_column(String(64))
+    bollard: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str | None] = mapped_column(String(32))
+    user: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    issued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    state: Mapped[str] = mapped_column(String(32))  # sent, armed, accepted, refused, done, failed
+    code: Mapped[str | None] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    token: Mapped[str | None] = mapped_column(String(128))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -17,6 +17,7 @@ from contract.models import DeviceStatus, EdgeState, Event
 from gateway.store.models import (
     AlarmRow,
     AlarmStep,
+    CommandRow,
     DeviceStatusRow,
     EdgeStateRow,
     EventRow,
@@ -393,6 +394,69 @@ class Store:
             return
         async with self.session() as s, s.begin():
             await s.execute(update(AlarmStep).where(AlarmStep.id.in_(ids)).values(published=True))
+
+    # --- commands (audit) -----------------------------------------------------------------
+
+    @_shielded
+    async def record_command(self, row: CommandRow) -> None:
+        async with self.session() as s, s.begin():
+            existing = await s.get(CommandRow, row.id)
+            if existing is None:
+                s.add(row)
+            else:  # a confirm step of an armed command: same id, the later request
+                existing.state, existing.updated_at = row.state, row.updated_at
+                existing.code, existing.detail = row.code, row.detail
+
+    @_shielded
+    async def command_progress(self, event: Event) -> None:
+        """A ``bollard_command`` event from the edge moves its command on."""
+        d = event.detail
+        cid = d.get("command_id")
+        if not isinstance(cid, str) or len(cid) != 26:
+            return
+        async with self.session() as s, s.begin():
+            row = await s.get(CommandRow, cid)
+            if row is None:  # sent by another tool (the CLI): audit it all the same
+                row = CommandRow(
+                    id=cid,
+                    campus=event.campus,
+                    device=event.device,
+                    bollard=b if isinstance(b := d.get("bollard"), int) else 0,
+                    action=str(d.get("command") or "") or None,
+                    user=str(d.get("user") or "?")[:64],
+                    role=str(d.get("role") or "?")[:32],
+                    reason=str(d.get("reason") or ""),
+                    issued_at=event.ts,
+                    state="sent",
+                    code=None,
+                    detail="",
+                    token=None,
+                    updated_at=event.ts,
+                )
+                s.add(row)
+            row.state = str(d.get("outcome") or row.state)
+            if d.get("code"):
+                row.code = str(d["code"])[:32]
+            if row.state == "done":
+                row.detail = f"position {d.get('position')} after {d.get('elapsed_s')} s"
+            else:
+                row.detail = str(d.get("reason") or "")[:500]
+            if d.get("token"):
+                row.token = str(d["token"])[:128]
+            row.updated_at = now()
+
+    @_shielded
+    async def command(self, command_id: str) -> CommandRow | None:
+        async with self.session() as s:
+            return await s.get(CommandRow, command_id)
+
+    @_shielded
+    async def commands(self, campus: str | None = None, limit: int = 100) -> list[CommandRow]:
+        async with self.session() as s:
+            q = select(CommandRow).order_by(CommandRow.issued_at.desc()).limit(limit)
+            if campus:
+                q = q.where(CommandRow.campus == campus)
+            return list((await s.execute(q)).scalars())
 
     # --- queries --------------------------------------------------------------------------
 
