@@ -163,6 +163,41 @@ def sim_bollard(
     )
 
 
+@sim_app.command("bollard-do")
+def sim_bollard_do(
+    action: Annotated[
+        str,
+        typer.Argument(
+            help="impact, loop, jam, fault, limits, mains, battery, pressure, maintenance, "
+            "manual, command (the simulator's HTTP control endpoints)"
+        ),
+    ],
+    bollard: Annotated[int, typer.Option(help="bollard index")] = 0,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="extra query parameter, e.g. --set occupied=1 --set code=7"),
+    ] = None,
+    url: Annotated[str, typer.Option(help="the simulator's HTTP control URL")] = (
+        "http://127.0.0.1:8022"
+    ),
+) -> None:
+    """Script a running bollard simulator: a vehicle hit, the loop occupied, a jam, a fault."""
+    import httpx
+
+    query: dict[str, str] = {"bollard": str(bollard)}
+    for item in param or []:
+        key, _, value = item.partition("=")
+        query[key] = value
+    try:
+        r = httpx.post(f"{url}/{action}", params=query, timeout=5)
+    except httpx.HTTPError as exc:
+        typer.echo(f"campusguard: cannot reach the simulator at {url}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(r.text)
+    if r.status_code >= 400:
+        raise typer.Exit(1)
+
+
 @sim_app.command("police")
 def sim_police(
     host: str = "127.0.0.1",

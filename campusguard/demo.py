@@ -240,8 +240,8 @@ async def run_demo(
             f"--bollard 0 --broker 127.0.0.1:{broker}    raise a bollard (two-step)"
         )
         _say(
-            f"  curl -X POST 'http://127.0.0.1:{plc.http_port}/impact?bollard=1'"
-            "    a vehicle hits bollard 1: an alarm to the police"
+            f"  {_command()} sim bollard-do impact --bollard 1 "
+            f"--url http://127.0.0.1:{plc.http_port}    a vehicle hits bollard 1: to the police"
         )
         _say(f"  curl {api}/api/alarms         the alarms and their state")
         _say(f"  curl {api}/api/alarms/{event.id}   one alarm's timeline")

@@ -346,3 +346,26 @@ async def test_gateway_api_commands_are_authorised_audited_and_followed(
         assert sim.state(0).raised_limit
         spec = (await http.get("/openapi.json")).json()
         assert "/api/campuses/{campus}/bollards/{device}/{bollard}/commands" in spec["paths"]
+
+
+async def test_cli_scripts_the_simulator(tmp_path: Path) -> None:
+    async with BollardSimulator(bollards=2, travel_time=TRAVEL, http_port=0) as sim:
+        for args in (["impact", "--bollard", "1"], ["loop", "--set", "occupied=1"]):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "campusguard.cli",
+                "sim",
+                "bollard-do",
+                *args,
+                "--url",
+                f"http://127.0.0.1:{sim.http_port}",
+                cwd=ROOT,
+                env=env_with_pythonpath(),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            _out, err = await asyncio.wait_for(proc.communicate(), 60)
+            assert proc.returncode == 0, err.decode()
+        assert sim.state(1).impact is True
+        assert sim.state(0).vehicle_loop is True
