@@ -187,3 +187,34 @@ async def guarded(main: Callable[[], Awaitable[T]], limit_s: float) -> T:
         raise
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
+
+
+CAMPUS = "bench-campus"
+ACCOUNT = "1234"
+
+
+def gateway_config(tmp: Path, broker_port: int, police_port: int) -> Any:
+    """The gateway of the in-process benchmarks: SQLite in ``tmp``, DC-09 over TCP."""
+    from contract.config import GatewayConfig, parse_config
+
+    return parse_config(
+        {
+            "gateway": {
+                "id": "gw-bench",
+                "data_dir": str(tmp / "gw"),
+                "share_group": "cg-gateway",
+                "http": None,
+            },
+            "mqtt": {"host": "127.0.0.1", "port": broker_port, "keepalive": 15},
+            "database": {"url": f"sqlite+aiosqlite:///{tmp}/gw/campusguard.db"},
+            "campuses": [{"id": CAMPUS, "name": "Bench school", "account": ACCOUNT}],
+            "dc09": {
+                "primary": {"host": "127.0.0.1", "port": police_port, "transport": "tcp"},
+                "ack_timeout": 0.5,
+                "attempts": 2,
+                "supervision_interval": 0,
+            },
+        },
+        GatewayConfig,
+        "bench-gateway",
+    )

@@ -44,10 +44,18 @@ from typing import Any
 
 import _common
 import aiomqtt
-from _common import fmt_ms, machine_info, machine_line, summary_ms, write_json
+from _common import (
+    CAMPUS,
+    fmt_ms,
+    gateway_config,
+    machine_info,
+    machine_line,
+    summary_ms,
+    write_json,
+)
 
 from contract import topics
-from contract.config import EdgeConfig, GatewayConfig, parse_config
+from contract.config import EdgeConfig, parse_config
 from contract.models import BollardCommandMessage, Event, new_id, utcnow
 from drivers.modbus.bollard_model import BollardCommand, BollardReading
 from edge.daemon import run_edge
@@ -56,8 +64,6 @@ from simulators.bollard import BollardSimulator, CommandRecord
 from simulators.police import PoliceReceiver, ReceivedMessage
 from tests.helpers import Mosquitto, wait_for
 
-CAMPUS = "bench-campus"
-ACCOUNT = "1234"
 CONTROLLER = "gate-plc"
 BOLLARD_IDS = ("b-left", "b-right")
 ALARM_ZONES = (21, 22)
@@ -202,30 +208,6 @@ def edge_config(tmp: Path, broker_port: int, sim_port: int, args: argparse.Names
         },
         EdgeConfig,
         "bench-edge",
-    )
-
-
-def gateway_config(tmp: Path, broker_port: int, police_port: int) -> GatewayConfig:
-    return parse_config(
-        {
-            "gateway": {
-                "id": "gw-bench",
-                "data_dir": str(tmp / "gw"),
-                "share_group": "cg-gateway",
-                "http": None,
-            },
-            "mqtt": {"host": "127.0.0.1", "port": broker_port, "keepalive": 15},
-            "database": {"url": f"sqlite+aiosqlite:///{tmp}/gw/campusguard.db"},
-            "campuses": [{"id": CAMPUS, "name": "Bench school", "account": ACCOUNT}],
-            "dc09": {
-                "primary": {"host": "127.0.0.1", "port": police_port, "transport": "tcp"},
-                "ack_timeout": 0.5,
-                "attempts": 2,
-                "supervision_interval": 0,
-            },
-        },
-        GatewayConfig,
-        "bench-gateway",
     )
 
 

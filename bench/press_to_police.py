@@ -36,9 +36,17 @@ from pathlib import Path
 from typing import Any
 
 import _common
-from _common import fmt_ms, machine_info, machine_line, summary_ms, write_json
+from _common import (
+    CAMPUS,
+    fmt_ms,
+    gateway_config,
+    machine_info,
+    machine_line,
+    summary_ms,
+    write_json,
+)
 
-from contract.config import EdgeConfig, GatewayConfig, parse_config
+from contract.config import EdgeConfig, parse_config
 from contract.models import Event
 from drivers.modbus.inputs import ModuleReading
 from edge.daemon import run_edge
@@ -47,8 +55,6 @@ from simulators.modbus_io import DIModuleSimulator
 from simulators.police import PoliceReceiver, ReceivedMessage
 from tests.helpers import Mosquitto, wait_for
 
-CAMPUS = "bench-campus"
-ACCOUNT = "1234"
 CID_PANIC = 120
 SLACK_S = 0.015  # the target: p99(total) <= poll + 15 ms
 
@@ -103,30 +109,6 @@ def edge_config(tmp: Path, broker_port: int, sim_port: int, poll: float, channel
         },
         EdgeConfig,
         "bench-edge",
-    )
-
-
-def gateway_config(tmp: Path, broker_port: int, police_port: int) -> Any:
-    return parse_config(
-        {
-            "gateway": {
-                "id": "gw-bench",
-                "data_dir": str(tmp / "gw"),
-                "share_group": "cg-gateway",
-                "http": None,
-            },
-            "mqtt": {"host": "127.0.0.1", "port": broker_port, "keepalive": 15},
-            "database": {"url": f"sqlite+aiosqlite:///{tmp}/gw/campusguard.db"},
-            "campuses": [{"id": CAMPUS, "name": "Bench school", "account": ACCOUNT}],
-            "dc09": {
-                "primary": {"host": "127.0.0.1", "port": police_port, "transport": "tcp"},
-                "ack_timeout": 0.5,
-                "attempts": 2,
-                "supervision_interval": 0,
-            },
-        },
-        GatewayConfig,
-        "bench-gateway",
     )
 
 
