@@ -118,15 +118,21 @@ class InputTracker:
             return []
         value = self._debounced("active" if active else "normal", now)
         out = []
+        latching = self.cfg.mode in ("latch", "counter")
+        if latching and pulses > 0 and self.reported == "active":
+            # The latch was cleared by the read that reported this press, so a new pulse is a
+            # new press: the button was released and pressed again between two polls. Report
+            # the release and the new alarm (and its release too if it is already over).
+            out.append(Signal(kind, restore=True))
+            out.append(Signal(kind, detail={"pulses": pulses, "pressed_again": True}))
+            if value == "normal":
+                out.append(Signal(kind, restore=True, detail={"short_press": True}))
+                self.reported = "normal"
+            return out
         if value == "active" and self.reported != "active":
             out.append(Signal(kind))
             self.reported = "active"
-        elif (
-            pulses > 0
-            and self.cfg.mode in ("latch", "counter")
-            and self.reported != "active"
-            and value != "active"
-        ):
+        elif latching and pulses > 0 and value != "active":
             # The module latched or counted a press that came and went between two polls.
             out.append(Signal(kind, detail={"pulses": pulses, "short_press": True}))
             out.append(Signal(kind, restore=True, detail={"short_press": True}))

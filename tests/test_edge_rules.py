@@ -86,3 +86,21 @@ def test_alarms_and_restores_alternate(readings: list[tuple[bool, int]]) -> None
         for s in t.update(state, pulses, None, i * 0.05):
             assert s.restore == active
             active = not s.restore
+
+
+def test_release_and_press_again_between_polls_is_a_second_alarm() -> None:
+    t = tracker(mode="latch")
+    t.update(False, 0, None, 0.0)
+    assert [s.restore for s in t.update(True, 1, None, 0.05)] == [False]  # press 1, still held
+    # Before the next poll: released, pressed again, released. The latch caught press 2.
+    signals = t.update(False, 1, None, 0.10)
+    assert [(s.restore, s.detail.get("pressed_again")) for s in signals] == [
+        (True, None),
+        (False, True),
+        (True, None),
+    ]
+    # Released and pressed again, still held at the poll.
+    t.update(True, 1, None, 0.15)
+    signals = t.update(True, 1, None, 0.20)
+    assert [s.restore for s in signals] == [True, False]
+    assert t.state == "active"

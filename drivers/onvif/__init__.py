@@ -1,0 +1,39 @@
+"""ONVIF camera driver (onvif-zeep-async): device, media, snapshots and pull-point events.
+
+Layers, lowest first:
+
+* :mod:`.topics` -- pure mapping of event topics to :class:`CameraEvent` (no I/O);
+* :mod:`.errors` -- the exception tree and the translation of library exceptions;
+* :mod:`.camera` -- :class:`OnvifCamera`: connection, device information, media, snapshots;
+* :mod:`.events` -- :class:`PullPointSubscriber`: the event subscription state machine.
+"""
+
+from .camera import DeviceInfo, OnvifCamera, Profile
+from .errors import (
+    CameraAuthError,
+    CameraError,
+    CameraProtocolError,
+    CameraTimeout,
+    CameraUnreachable,
+)
+from .events import PullPointSubscriber, SubscriberHealth, SubscriberState, SubscriberTiming
+from .topics import CameraEvent, EventKind, UnknownTopicLog, map_event
+
+__all__ = [
+    "CameraAuthError",
+    "CameraError",
+    "CameraEvent",
+    "CameraProtocolError",
+    "CameraTimeout",
+    "CameraUnreachable",
+    "DeviceInfo",
+    "EventKind",
+    "OnvifCamera",
+    "Profile",
+    "PullPointSubscriber",
+    "SubscriberHealth",
+    "SubscriberState",
+    "SubscriberTiming",
+    "UnknownTopicLog",
+    "map_event",
+]
