@@ -210,6 +210,50 @@ class BollardControllerConfig(Strict):
         return self
 
 
+CameraReport = Literal["motion", "tamper", "video_loss", "intrusion"]
+_DEFAULT_REPORT: tuple[CameraReport, ...] = ("tamper", "video_loss", "intrusion")
+
+
+class CameraInputConfig(Strict):
+    """A contact wired to a camera's digital input (a panic button at a gate camera)."""
+
+    source: str = Field(description="the camera's input token, e.g. DI_0 or AlarmIn_1")
+    id: Ident
+    kind: InputKind = "panic"
+    zone: Ident | None = None
+    location: str = ""
+    alarm_zone: int | None = Field(
+        None, ge=1, le=999, description="zone number the police platform shows (Contact ID)"
+    )
+    real_during_drill: bool = False
+
+
+class CameraConfig(Strict):
+    """An ONVIF camera: its events become ours, and its inputs work like a DI module's."""
+
+    id: Ident
+    host: str
+    port: int = Field(80, ge=1, le=65535)
+    username: str = "admin"
+    password: SecretStr | None = Field(None, description="use ${ENV} or password_file")
+    password_file: Path | None = None
+    timeout: float = Field(10.0, gt=0, le=120, description="seconds per ONVIF call")
+    zone: Ident | None = None
+    location: str = ""
+    inputs: list[CameraInputConfig] = []
+    report: list[CameraReport] = Field(
+        default_factory=lambda: list(_DEFAULT_REPORT),
+        description="which of the camera's own analytics become events (motion is noisy)",
+    )
+
+    def secret(self) -> str:
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is not None:
+            return self.password_file.read_text(encoding="utf-8").strip()
+        return ""
+
+
 class EdgeNode(Strict):
     id: Ident = "edge"
     data_dir: Path = Field(Path("var/edge"), description="outbox and state live here")
@@ -227,15 +271,18 @@ class EdgeConfig(Strict):
     zones: list[ZoneConfig] = []
     devices: list[ModbusDeviceConfig] = []
     bollards: list[BollardControllerConfig] = []
+    cameras: list[CameraConfig] = []
 
     @model_validator(mode="after")
     def _refs(self) -> EdgeConfig:
         zones = {z.id for z in self.zones}
         ids = [d.id for d in self.devices] + [b.id for b in self.bollards]
+        ids += [c.id for c in self.cameras]
         if len(ids) != len(set(ids)):
             raise ValueError(f"device ids must be unique: {sorted(ids)}")
         refs = [(d.id, [d.zone, *(i.zone for i in d.inputs)]) for d in self.devices]
         refs += [(c.id, [c.zone, *(b.zone for b in c.bollards)]) for c in self.bollards]
+        refs += [(c.id, [c.zone, *(i.zone for i in c.inputs)]) for c in self.cameras]
         for dev_id, zone_refs in refs:
             for ref in zone_refs:
                 if ref is not None and ref not in zones:

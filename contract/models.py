@@ -36,6 +36,10 @@ EventKind = Literal[
     "bollard_command",  # what became of a command to a bollard (armed ... done / failed)
     "schedule_violation",  # a bollard not up inside a must-be-up window (warning to the guard)
     "bollard_trouble",  # controller fault, power, pressure, temperature: for the technician
+    "camera_motion",  # a camera's motion detection (information; noisy on a campus)
+    "camera_tamper",  # a camera reports tamper or a scene change (guard; police by config)
+    "video_loss",  # a camera lost its video signal
+    "camera_intrusion",  # a camera's field-intrusion or line-crossing rule fired
 ]
 ALARM_KINDS: frozenset[str] = frozenset(
     {

@@ -30,6 +30,10 @@ SEVERITY: dict[str, Severity] = {
     "bollard_command": "info",
     "schedule_violation": "medium",
     "bollard_trouble": "medium",
+    "camera_motion": "info",
+    "camera_tamper": "high",
+    "video_loss": "medium",
+    "camera_intrusion": "medium",
 }
 
 TEXT: dict[str, str] = {
@@ -47,6 +51,10 @@ TEXT: dict[str, str] = {
     "bollard_command": "bollard command",
     "schedule_violation": "bollard not up during a must-be-up period",
     "bollard_trouble": "bollard trouble",
+    "camera_motion": "motion seen by a camera",
+    "camera_tamper": "camera tamper",
+    "video_loss": "camera video lost",
+    "camera_intrusion": "camera intrusion rule",
 }
 
 EolValue = Literal["normal", "alarm", "cut", "short", "unknown"]

@@ -38,6 +38,7 @@ from drivers.modbus.errors import ProfileError
 from drivers.modbus.inputs import ChannelSpec, DIModuleReader, EolParams, check_channel
 from drivers.modbus.profile import load_profile
 from edge.bollard_poller import BollardPoller
+from edge.cameras import CameraWatcher
 from edge.events import EventSink
 from edge.outbox import Outbox
 from edge.pollers import ModbusPoller
@@ -58,6 +59,7 @@ class EdgeRuntime:
     sink: EventSink
     pollers: dict[str, ModbusPoller] = field(default_factory=dict)
     bollards: dict[str, BollardPoller] = field(default_factory=dict)
+    cameras: dict[str, CameraWatcher] = field(default_factory=dict)
     alarm_status: asyncio.Queue[AlarmStatus] = field(default_factory=asyncio.Queue)
     rejected: int = 0
 
@@ -171,7 +173,10 @@ async def run_edge(cfg: EdgeConfig) -> AsyncIterator[EdgeRuntime]:
                 rt.bollards[ctl.id] = BollardPoller(
                     ctl, cfg.campus, controller, sink, uplink.set_retained
                 )
+            for cam in cfg.cameras:
+                rt.cameras[cam.id] = CameraWatcher(cam, cfg.campus.id, sink, uplink.set_retained)
             runners = [(dev_id, p.run()) for dev_id, p in rt.pollers.items()]
+            runners += [(cam_id, c.run()) for cam_id, c in rt.cameras.items()]
             runners += [(ctl_id, b.run()) for ctl_id, b in rt.bollards.items()]
             tasks = [asyncio.create_task(coro, name=f"poll-{name}") for name, coro in runners]
             try:
@@ -179,7 +184,7 @@ async def run_edge(cfg: EdgeConfig) -> AsyncIterator[EdgeRuntime]:
                     "edge %s of campus %s running: %d device(s), broker %s:%d",
                     cfg.edge.id,
                     cfg.campus.id,
-                    len(rt.pollers) + len(rt.bollards),
+                    len(rt.pollers) + len(rt.bollards) + len(rt.cameras),
                     cfg.mqtt.host,
                     cfg.mqtt.port,
                 )

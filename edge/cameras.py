@@ -1,0 +1,213 @@
+"""One watcher per ONVIF camera: its events become ours, its inputs work like a DI module's.
+
+A panic button wired to a camera's digital input goes the same way as a Modbus one (the same
+``InputTracker`` rules, the same outbox, the same relay to the police). The camera's own
+analytics (tamper, video loss, intrusion rules, motion) become events as configured. Health
+(reachable, authenticated, clock skew, subscription alive, last event) is the camera's retained
+device status, never a stale "online".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from contract import topics
+from contract.config import CameraConfig, InputConfig
+from contract.models import DetailValue, DeviceStatus, EventKind, utcnow
+from contract.mqtt import Backoff
+from drivers.onvif import (
+    CameraAuthError,
+    CameraError,
+    CameraEvent,
+    OnvifCamera,
+    PullPointSubscriber,
+    SubscriberState,
+)
+from edge.alarms import InputTracker
+from edge.events import EventSink
+
+log = logging.getLogger(__name__)
+
+AUTH_RETRY_S = 300.0
+"""A wrong password is not fixed by retrying: try again rarely, so the camera does not lock
+the account and the log is not flooded."""
+
+STATUS_EVERY_S = 30.0
+
+_ANALYTICS: dict[str, tuple[str, EventKind]] = {
+    # camera event kind -> (config switch in ``report``, our event kind)
+    "motion": ("motion", "camera_motion"),
+    "tamper": ("tamper", "camera_tamper"),
+    "scene_change": ("tamper", "camera_tamper"),
+    "video_loss": ("video_loss", "video_loss"),
+    "field_intrusion": ("intrusion", "camera_intrusion"),
+    "line_crossing": ("intrusion", "camera_intrusion"),
+}
+
+
+class CameraWatcher:
+    def __init__(
+        self,
+        cfg: CameraConfig,
+        campus: str,
+        sink: EventSink,
+        publish_retained: Callable[[str, bytes], None],
+    ) -> None:
+        self.cfg = cfg
+        self._campus = campus
+        self._sink = sink
+        self._publish_retained = publish_retained
+        self.inputs = {i.source: i for i in cfg.inputs}
+        self.trackers = {
+            i.source: InputTracker(
+                InputConfig(
+                    channel=0,
+                    id=i.id,
+                    kind=i.kind,
+                    mode="state",
+                    zone=i.zone,
+                    location=i.location,
+                    alarm_zone=i.alarm_zone,
+                    real_during_drill=i.real_during_drill,
+                )
+            )
+            for i in cfg.inputs
+        }
+        self._active: dict[tuple[str, str | None], bool] = {}
+        self.camera: OnvifCamera | None = None
+        self.subscriber: PullPointSubscriber | None = None
+        self.online: bool | None = None
+        self.error: str | None = None
+        self.last_event: datetime | None = None
+
+    async def run(self) -> None:
+        backoff = Backoff(first=1.0, cap=60.0)
+        while True:
+            cam = OnvifCamera(
+                self.cfg.host,
+                self.cfg.port,
+                self.cfg.username,
+                self.cfg.secret(),
+                timeout=self.cfg.timeout,
+            )
+            try:
+                await cam.connect()
+                self.camera = cam
+                self._set_online(True, None)
+                backoff.reset()
+                async with PullPointSubscriber(cam, self._on_event) as sub:
+                    self.subscriber = sub
+                    await self._watch(sub)
+            except CameraAuthError as exc:
+                self._set_online(False, f"authentication failed: {exc}")
+                await asyncio.sleep(AUTH_RETRY_S)
+            except CameraError as exc:
+                self._set_online(False, str(exc))
+                await asyncio.sleep(backoff.next())
+            finally:
+                self.subscriber = None
+                with contextlib.suppress(Exception):
+                    await cam.close()
+
+    async def _watch(self, sub: PullPointSubscriber) -> None:
+        """Publish health while the subscription lives; a failed one ends the session."""
+        while True:
+            health = sub.health()
+            if health.state is SubscriberState.FAILED:
+                raise CameraError(
+                    self.cfg.host, "subscribe", health.last_error or "subscription failed"
+                )
+            self.publish_status()
+            await asyncio.sleep(STATUS_EVERY_S if self.online else 1.0)
+
+    def _set_online(self, online: bool, error: str | None) -> None:
+        if self.online != online:
+            log.log(
+                logging.INFO if online else logging.WARNING,
+                "camera %s is %s%s",
+                self.cfg.id,
+                "online" if online else "offline",
+                f": {error}" if error else "",
+            )
+        self.online, self.error = online, error
+        self.publish_status()
+
+    async def _on_event(self, ev: CameraEvent) -> None:
+        self.last_event = datetime.now(UTC)
+        if ev.kind == "digital_input":
+            await self._input(ev)
+            return
+        switch, kind = _ANALYTICS.get(ev.kind, ("", "camera_motion"))
+        if switch not in self.cfg.report:
+            return
+        key = (ev.kind, ev.source)
+        if ev.active is None:  # a pulse (line crossing): an event, no restore
+            await self._emit(kind, restore=False, ev=ev)
+            return
+        if self._active.get(key, False) == ev.active:
+            return  # a state resent after (re)subscribing is not news
+        self._active[key] = ev.active
+        await self._emit(kind, restore=not ev.active, ev=ev)
+
+    async def _input(self, ev: CameraEvent) -> None:
+        tracker = self.trackers.get(ev.source or "")
+        if tracker is None:
+            log.debug("camera %s input %s is not configured", self.cfg.id, ev.source)
+            return
+        cfg = self.inputs[ev.source or ""]
+        for signal in tracker.update(ev.active, 0, None, time.monotonic()):
+            await self._sink.emit(
+                signal.kind,
+                device=self.cfg.id,
+                point=cfg.id,
+                zone=cfg.zone or self.cfg.zone,
+                location=cfg.location or self.cfg.location,
+                zone_no=cfg.alarm_zone,
+                restore=signal.restore,
+                real_during_drill=cfg.real_during_drill,
+                detail={"source": "camera_input", "input": ev.source},
+            )
+
+    async def _emit(self, kind: EventKind, *, restore: bool, ev: CameraEvent) -> None:
+        detail: dict[str, DetailValue] = {"topic": ev.topic[:120], "camera_event": ev.kind}
+        if ev.source:
+            detail["source"] = ev.source
+        await self._sink.emit(
+            kind,
+            device=self.cfg.id,
+            zone=self.cfg.zone,
+            location=self.cfg.location,
+            restore=restore,
+            detail=detail,
+        )
+
+    def status(self) -> DeviceStatus:
+        points: dict[str, DetailValue] = {}
+        if self.online and self.camera is not None:
+            points["clock_skew_s"] = self.camera.clock_skew_s
+            if self.subscriber is not None:
+                h = self.subscriber.health()
+                points["subscription"] = h.state.value
+                points["subscription_alive"] = h.subscription_alive
+            points["last_event"] = self.last_event.isoformat() if self.last_event else None
+            for source, tracker in self.trackers.items():
+                points[self.inputs[source].id] = tracker.state
+        return DeviceStatus(
+            campus=self._campus,
+            device=self.cfg.id,
+            online=bool(self.online),
+            ts=utcnow(),
+            error=None if self.online else (self.error or "not connected yet"),
+            points=points,
+        )
+
+    def publish_status(self) -> None:
+        self._publish_retained(
+            topics.device_status_topic(self._campus, self.cfg.id),
+            self.status().model_dump_json().encode(),
+        )
