@@ -263,6 +263,46 @@ def bollard_send(
     raise typer.Exit(code)
 
 
+discover_app = typer.Typer(help="Find devices on the campus network.")
+app.add_typer(discover_app, name="discover")
+
+
+@discover_app.command("modbus")
+def discover_modbus(
+    hosts: Annotated[str, typer.Option(help="e.g. 192.0.2.10-40,192.0.2.99")],
+    ports: Annotated[str, typer.Option(help="TCP ports, e.g. 502,5020")] = "502",
+    units: Annotated[str, typer.Option(help="unit ids, e.g. 1-4")] = "1",
+    timeout: Annotated[float, typer.Option(help="seconds per request")] = 0.3,
+    stanza: Annotated[bool, typer.Option(help="print a devices: stanza for the config")] = False,
+) -> None:
+    """Scan hosts and unit ids for Modbus DI modules and name the profiles that fit."""
+    from campusguard import discover
+
+    try:
+        host_list = discover.parse_hosts(hosts)
+        found = asyncio.run(
+            discover.scan_modbus(
+                host_list, discover.parse_numbers(ports), discover.parse_numbers(units), timeout
+            )
+        )
+    except (ValueError, OSError) as exc:
+        typer.echo(f"campusguard: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if not found:
+        typer.echo("no Modbus device answered")
+        raise typer.Exit(1)
+    for f in found:
+        partial = ", ".join(f"{n} {h}/{t}" for n, h, t in f.profiles if 0 < h < t)
+        typer.echo(
+            f"{f.host}:{f.port} unit {f.unit}: fits {', '.join(f.fits) or 'none fully'}"
+            + (f"; partly {partial}" if partial and not f.fits else "")
+        )
+    if stanza:
+        typer.echo("devices:")
+        for i, f in enumerate(found, 1):
+            typer.echo(discover.stanza(f, i), nl=False)
+
+
 @config_app.command("check")
 def config_check(
     path: Path,
