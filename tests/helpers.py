@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -204,3 +205,16 @@ class Postgres:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+
+@contextlib.asynccontextmanager
+async def raw_modbus_client(port: int) -> AsyncIterator[Any]:
+    """A plain pymodbus client, to check a simulator without our own driver in the way."""
+    from pymodbus.client import AsyncModbusTcpClient
+
+    client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=1, retries=0, reconnect_delay=0)
+    assert await client.connect()
+    try:
+        yield client
+    finally:
+        client.close()

@@ -6,15 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import textwrap
-import time
-from collections.abc import Callable
 
 import httpx
 import pytest
-from pymodbus.client import AsyncModbusTcpClient
 
 from drivers.modbus.bollard_profile import load_bollard_profile
 from simulators.bollard import BollardSimulator, run_bollard_sim
+from tests.helpers import raw_modbus_client, wait_for
 
 TRAVEL = 0.4
 EFO = 0.1
@@ -25,24 +23,6 @@ DI_MANUAL, DI_MAINT, DI_IMPACT, DI_LOOP, DI_MAINS, DI_BATTERY = 5, 6, 7, 8, 9, 1
 IR_FAULT, IR_PRESSURE, IR_TEMP, IR_CYCLES_HIGH, IR_CYCLES_LOW = 0, 1, 2, 3, 4
 COIL_RAISE, COIL_LOWER, COIL_STOP, COIL_EFO, COIL_CLEAR_IMPACT = 0, 1, 2, 3, 4
 BLOCK = 16
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.005)
-
-
-@contextlib.asynccontextmanager
-async def raw_client(port: int):
-    client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=1, retries=0, reconnect_delay=0)
-    assert await client.connect()
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 async def di(client, bollard: int = 0) -> list[int]:
@@ -66,7 +46,10 @@ async def pulse(client, coil: int, bollard: int = 0) -> None:
 @contextlib.asynccontextmanager
 async def rig(**kwargs):
     kwargs = {"travel_time": TRAVEL, "efo_travel_time": EFO, **kwargs}
-    async with BollardSimulator("generic-plc", **kwargs) as sim, raw_client(sim.port) as client:
+    async with (
+        BollardSimulator("generic-plc", **kwargs) as sim,
+        raw_modbus_client(sim.port) as client,
+    ):
         yield sim, client
 
 
@@ -75,7 +58,7 @@ async def test_binds_port_zero_and_starts_lowered_with_power_and_no_alarm():
         assert a.port > 0
         assert b.port > 0
         assert a.port != b.port
-        async with raw_client(a.port) as client:
+        async with raw_modbus_client(a.port) as client:
             for bollard in (0, 1):
                 bits = await di(client, bollard)
                 assert bits == [0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 1]
@@ -95,7 +78,7 @@ async def test_raise_travels_then_makes_the_raised_limit():
         assert (bits[DI_RAISED], bits[DI_LOWERED]) == (0, 0)
         assert (bits[DI_MOVING], bits[DI_UP], bits[DI_DOWN]) == (1, 1, 0)
         assert await di(client, 1) == [0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 1]  # the other one still
-        await wait_until(lambda: sim.state(0).raised_limit, TRAVEL * 3)
+        await wait_for(lambda: sim.state(0).raised_limit, TRAVEL * 3)
         state = sim.state(0)
         assert state.limit_reached_at is not None
         assert state.limit_reached_at - command.monotonic == pytest.approx(TRAVEL, abs=0.02)
@@ -109,7 +92,7 @@ async def test_raise_travels_then_makes_the_raised_limit():
 async def test_lower_stop_midway_and_efo_speed():
     async with rig() as (sim, client):
         await pulse(client, COIL_RAISE)
-        await wait_until(lambda: sim.state(0).position > 0.3, TRAVEL * 3)
+        await wait_for(lambda: sim.state(0).position > 0.3, TRAVEL * 3)
         await pulse(client, COIL_STOP)
         stopped = sim.state(0)
         assert 0.3 < stopped.position < 1.0
@@ -117,14 +100,14 @@ async def test_lower_stop_midway_and_efo_speed():
         assert (bits[DI_RAISED], bits[DI_LOWERED], bits[DI_MOVING]) == (0, 0, 0)
         await pulse(client, COIL_LOWER)
         assert (await di(client))[DI_DOWN] == 1
-        await wait_until(lambda: sim.state(0).lowered_limit, TRAVEL * 3)
+        await wait_for(lambda: sim.state(0).lowered_limit, TRAVEL * 3)
         lowered_at = sim.state(0).limit_reached_at
         assert lowered_at is not None
         assert sim.state(0).cycles == 0  # no completed raise yet
         await pulse(client, COIL_EFO)
         efo = sim.last_command
         assert efo is not None
-        await wait_until(lambda: sim.state(0).raised_limit, TRAVEL * 3)
+        await wait_for(lambda: sim.state(0).raised_limit, TRAVEL * 3)
         reached = sim.state(0).limit_reached_at
         assert reached is not None
         assert reached - efo.monotonic == pytest.approx(EFO, abs=0.02)
@@ -142,13 +125,13 @@ async def test_raise_refused_while_the_loop_is_occupied_but_not_efo():
         assert (bits[DI_LOOP], bits[DI_MOVING], bits[DI_LOWERED]) == (1, 0, 1)
         await pulse(client, COIL_EFO)
         assert sim.state(0).efo
-        await wait_until(lambda: sim.state(0).raised_limit, TRAVEL * 3)
+        await wait_for(lambda: sim.state(0).raised_limit, TRAVEL * 3)
 
 
 async def test_loop_occupied_during_a_raise_stops_it():
     async with rig() as (sim, client):
         await pulse(client, COIL_RAISE)
-        await wait_until(lambda: sim.state(0).position > 0.2, TRAVEL * 3)
+        await wait_for(lambda: sim.state(0).position > 0.2, TRAVEL * 3)
         sim.set_vehicle_loop(0, True)
         state = sim.state(0)
         assert not state.moving
@@ -160,12 +143,12 @@ async def test_jam_runs_the_motor_but_never_makes_the_limit():
         sim.jam(0)
         await pulse(client, COIL_RAISE)
         # Stalls 10 % short of the limit, motor still running.
-        await wait_until(lambda: sim.state(0).position >= 0.9, TRAVEL * 3)
+        await wait_for(lambda: sim.state(0).position >= 0.9, TRAVEL * 3)
         bits = await di(client)
         assert (bits[DI_RAISED], bits[DI_LOWERED], bits[DI_MOVING]) == (0, 0, 1)
         assert sim.state(0).position == pytest.approx(0.9)
         sim.jam(0, False)
-        await wait_until(lambda: sim.state(0).raised_limit, TRAVEL * 3)
+        await wait_for(lambda: sim.state(0).raised_limit, TRAVEL * 3)
 
 
 async def test_fault_knobs_show_in_the_map():
@@ -195,21 +178,21 @@ async def test_pressure_drifts_and_cycles_count_completed_raises():
     async with rig(travel_time=0.1) as (sim, client):
         sim.set_pressure(0, 100.0, drift_bar_per_s=-50.0)  # a leak
         # Well under 95 bar: the register holds tenths, rounded, so 94.96 bar still reads 950.
-        await wait_until(lambda: sim.state(0).pressure_bar < 94.5, 2)
+        await wait_for(lambda: sim.state(0).pressure_bar < 94.5, 2)
         assert (await ir(client))[IR_PRESSURE] < 950
         sim.set_pressure_drift(0, 0.0)
         for _ in range(2):
             await pulse(client, COIL_RAISE)
-            await wait_until(lambda: sim.state(0).raised_limit, 2)
+            await wait_for(lambda: sim.state(0).raised_limit, 2)
             await pulse(client, COIL_LOWER)
-            await wait_until(lambda: sim.state(0).lowered_limit, 2)
+            await wait_for(lambda: sim.state(0).lowered_limit, 2)
         await pulse(client, COIL_LOWER)  # already lowered: no travel, no cycle
         state = sim.state(0)
         assert state.cycles == 2
         assert state.motor_temp_c > 20.0 + 3 * 0.8 * 0.9  # four travels warmed it
         sim.set_cycles(0, 0x0001_FFFF)  # just below a word boundary
         await pulse(client, COIL_RAISE)
-        await wait_until(lambda: sim.state(0).raised_limit, 2)
+        await wait_for(lambda: sim.state(0).raised_limit, 2)
         registers = await ir(client)
         assert (registers[IR_CYCLES_HIGH], registers[IR_CYCLES_LOW]) == (2, 0)  # high word first
 
@@ -263,10 +246,10 @@ async def test_network_fault_knobs():
         with pytest.raises(ConnectionRefusedError):
             await asyncio.open_connection("127.0.0.1", port)
         # The bollard carries on while the network is down.
-        await wait_until(lambda: sim.state(0).raised_limit, TRAVEL * 3)
+        await wait_for(lambda: sim.state(0).raised_limit, TRAVEL * 3)
         await sim.plug()
         assert sim.port == port
-        async with raw_client(port) as again:
+        async with raw_modbus_client(port) as again:
             assert (await di(again))[DI_RAISED] == 1
 
 
@@ -290,12 +273,12 @@ async def test_custom_profile_with_command_register_status_word_and_low_first_co
     )
     async with (
         BollardSimulator(path, bollards=2, travel_time=0.05) as sim,
-        raw_client(sim.port) as client,
+        raw_modbus_client(sim.port) as client,
     ):
         status = (await client.read_holding_registers(10, count=4, device_id=1)).registers
         assert list(status) == [0b010, 0, 0, 0]  # lowered; "mains failed" bit clear
         assert not (await client.write_register(11, 1, device_id=1)).isError()
-        await wait_until(lambda: sim.state(1).raised_limit)
+        await wait_for(lambda: sim.state(1).raised_limit)
         status = (await client.read_holding_registers(10, count=4, device_id=1)).registers
         assert list(status) == [0b001, 0, 1, 0]
         sim.set_mains(1, False)
@@ -351,12 +334,12 @@ async def test_run_bollard_sim_serves_until_cancelled():
         run_bollard_sim("generic-plc", "127.0.0.1", 0, None, bollards=1, started=ready.set_result)
     )
     sim = await asyncio.wait_for(ready, 5)
-    async with raw_client(sim.port) as client:
+    async with raw_modbus_client(sim.port) as client:
         assert (await di(client))[DI_LOWERED] == 1
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await wait_until(lambda: sim.open_connections == 0)
+    await wait_for(lambda: sim.open_connections == 0)
 
 
 def test_profile_object():

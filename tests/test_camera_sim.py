@@ -9,7 +9,7 @@ import datetime as dt
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from onvif.exceptions import ONVIFAuthError, ONVIFError, ONVIFTimeoutError  # no
 from zeep.exceptions import Fault  # noqa: E402
 
 from simulators.camera import SNAPSHOT_JPEG, CameraSimulator, parse_duration  # noqa: E402
+from tests.helpers import wait_for  # noqa: E402
 
 _root.handlers[:] = _saved_handlers
 _root.setLevel(_saved_level)
@@ -35,14 +36,6 @@ PASSWORD = "s3cret-cam"
 MOTION = "tns1:RuleEngine/CellMotionDetector/Motion"
 DIGITAL_INPUT = "tns1:Device/Trigger/DigitalInput"
 TERM = dt.timedelta(minutes=10)
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.005)
 
 
 def subcodes(fault: Fault) -> list[str]:
@@ -239,7 +232,7 @@ async def test_events_reach_the_library_and_parse(sim: CameraSimulator) -> None:
         pull = asyncio.create_task(
             pullpoint.PullMessages({"MessageLimit": 100, "Timeout": dt.timedelta(seconds=10)})
         )
-        await wait_until(lambda: sim.pulls == 1)
+        await wait_for(lambda: sim.pulls == 1)
         started = time.monotonic()
         sim.emit(MOTION, {"IsMotion": "true"}, {"VideoSourceConfigurationToken": "vsconf"})
         sim.emit(DIGITAL_INPUT, {"LogicalState": "true"}, {"InputToken": "DI_0"})
@@ -308,7 +301,7 @@ async def test_dropped_subscriptions_fault(sim: CameraSimulator) -> None:
         pullpoint = await create_pullpoint(cam)
         # A poll in progress when the camera drops its subscriptions ends with a fault too.
         pull = asyncio.create_task(pullpoint.PullMessages({"MessageLimit": 1, "Timeout": "PT10S"}))
-        await wait_until(lambda: sim.pulls == 1)
+        await wait_for(lambda: sim.pulls == 1)
         sim.drop_subscriptions()
         with pytest.raises(Fault) as err:
             await pull
@@ -348,7 +341,7 @@ async def test_shutdown_wakes_a_long_poll() -> None:
         await cam.update_xaddrs()
         pullpoint = await create_pullpoint(cam)
         pull = asyncio.create_task(pullpoint.PullMessages({"MessageLimit": 1, "Timeout": "PT60S"}))
-        await wait_until(lambda: sim.pulls == 1)
+        await wait_for(lambda: sim.pulls == 1)
         started = time.monotonic()
         await sim.__aexit__(None, None, None)
         assert time.monotonic() - started < 5

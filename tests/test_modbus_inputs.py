@@ -31,17 +31,10 @@ from drivers.modbus import (
     load_profile,
 )
 from simulators.modbus_io import DIModuleSimulator
+from tests.helpers import wait_for
 
 TIMEOUT = 0.3
 FAST_BACKOFF = Backoff(initial=0.02, maximum=0.1)
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.002)
 
 
 async def read_until(
@@ -99,7 +92,7 @@ async def polling(reader: DIModuleReader, interval: float = 0.05) -> AsyncIterat
     poller = Poller(reader, interval)
     task = asyncio.create_task(poller.run())
     try:
-        await wait_until(lambda: poller.reads >= 1)
+        await wait_for(lambda: poller.reads >= 1)
         yield poller
     finally:
         task.cancel()
@@ -138,9 +131,9 @@ async def test_latch_mode_never_misses_5ms_presses():
             await sim.press(5, 0.005)
             # Presses land at random phases of the 50 ms poll; wait for the reader to
             # collect each one so two presses never share a poll.
-            await wait_until(lambda: not sim.latched(5))
+            await wait_for(lambda: not sim.latched(5))
             await asyncio.sleep(rng.uniform(0, 0.02))
-        await wait_until(lambda: poller.pulses.get(5) == 50)
+        await wait_for(lambda: poller.pulses.get(5) == 50)
         assert poller.pulses.get(0, 0) == 0
         assert not poller.errors
 
@@ -153,7 +146,7 @@ async def test_counter_mode_on_moxa_counts_back_to_back_presses():
             for _ in range(50):
                 await sim.press(3, 0.005)
                 await asyncio.sleep(0.005)  # several presses per poll: all counted
-            await wait_until(lambda: poller.pulses.get(3) == 50)
+            await wait_for(lambda: poller.pulses.get(3) == 50)
             assert poller.pulses.get(4, 0) == 0
         assert sim.counter(3) == (0xFFFF_FFF0 + 50) & 0xFFFF_FFFF
 

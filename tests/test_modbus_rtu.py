@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -28,20 +28,13 @@ from drivers.modbus import (
     load_profile,
 )
 from simulators.modbus_io import DIModuleSimulator
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.skipif(
     shutil.which("socat") is None, reason="socat not installed: no pty pair for the RTU tests"
 )
 
 TIMEOUT = 0.3
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.005)
 
 
 @pytest.fixture
@@ -58,7 +51,7 @@ async def pty_pair(tmp_path: Path) -> AsyncIterator[tuple[str, str]]:
         stderr=asyncio.subprocess.DEVNULL,
     )
     try:
-        await wait_until(lambda: dev.exists() and host.exists())
+        await wait_for(lambda: dev.exists() and host.exists())
         yield str(dev), str(host)
     finally:
         if proc.returncode is None:

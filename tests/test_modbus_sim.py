@@ -3,33 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Callable
 
 import httpx
 import pytest
-from pymodbus.client import AsyncModbusTcpClient
 
 from simulators.modbus_io import EMULATED_MODELS, DIModuleSimulator, run_modbus_sim
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.005)
-
-
-@contextlib.asynccontextmanager
-async def raw_client(port: int):
-    client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=1, retries=0, reconnect_delay=0)
-    assert await client.connect()
-    try:
-        yield client
-    finally:
-        client.close()
+from tests.helpers import raw_modbus_client, wait_for
 
 
 async def test_binds_port_zero_and_reports_the_port():
@@ -37,12 +17,12 @@ async def test_binds_port_zero_and_reports_the_port():
         assert a.port > 0
         assert b.port > 0
         assert a.port != b.port
-        async with raw_client(a.port) as client:
+        async with raw_modbus_client(a.port) as client:
             assert not (await client.read_coils(0, count=12, device_id=1)).isError()
 
 
 async def test_adam_press_sets_state_latch_and_counter():
-    async with DIModuleSimulator("adam-6050") as sim, raw_client(sim.port) as client:
+    async with DIModuleSimulator("adam-6050") as sim, raw_modbus_client(sim.port) as client:
         sim.set_input(3, True)
         assert (await client.read_coils(0, count=12, device_id=1)).bits[3] is True
         assert (await client.read_discrete_inputs(3, count=1, device_id=1)).bits[0] is True
@@ -64,7 +44,7 @@ async def test_adam_press_sets_state_latch_and_counter():
 
 
 async def test_moxa_counter_word_order_packed_word_and_reset_rules():
-    async with DIModuleSimulator("moxa-e1210") as sim, raw_client(sim.port) as client:
+    async with DIModuleSimulator("moxa-e1210") as sim, raw_modbus_client(sim.port) as client:
         sim.set_counter(2, 0x0001_FFFF)
         await sim.press(2, 0.005)
         sim.set_input(0, True)
@@ -80,7 +60,7 @@ async def test_moxa_counter_word_order_packed_word_and_reset_rules():
 
 
 async def test_zlan_refuses_fc02_and_reports_ohms():
-    async with DIModuleSimulator("zlan6042-res") as sim, raw_client(sim.port) as client:
+    async with DIModuleSimulator("zlan6042-res") as sim, raw_modbus_client(sim.port) as client:
         sim.set_input(1, True)
         assert (await client.read_coils(0, count=4, device_id=1)).bits[:4] == [
             False,
@@ -96,7 +76,7 @@ async def test_zlan_refuses_fc02_and_reports_ohms():
 
 
 async def test_et2260_latches_both_edges_and_clears_all():
-    async with DIModuleSimulator("icpdas-et2260") as sim, raw_client(sim.port) as client:
+    async with DIModuleSimulator("icpdas-et2260") as sim, raw_modbus_client(sim.port) as client:
         await sim.press(0, 0.001)
         await sim.press(4, 0.001)
         bits = (await client.read_discrete_inputs(0x20, count=0x26, device_id=1)).bits
@@ -107,7 +87,10 @@ async def test_et2260_latches_both_edges_and_clears_all():
 
 
 async def test_unknown_unit_gets_gateway_exception():
-    async with DIModuleSimulator("adam-6050", units=(1, 2)) as sim, raw_client(sim.port) as client:
+    async with (
+        DIModuleSimulator("adam-6050", units=(1, 2)) as sim,
+        raw_modbus_client(sim.port) as client,
+    ):
         assert not (await client.read_coils(0, count=1, device_id=2)).isError()
         assert (await client.read_coils(0, count=1, device_id=9)).exception_code == 0x0B
 
@@ -127,7 +110,7 @@ async def test_last_flip_timestamps_the_input_change():
 
 async def test_fault_knobs():
     async with DIModuleSimulator("adam-6050") as sim:
-        async with raw_client(sim.port) as client:
+        async with raw_modbus_client(sim.port) as client:
             sim.exception_mode(2)
             assert (await client.read_coils(0, count=1, device_id=1)).exception_code == 2
             sim.normal_mode()
@@ -138,7 +121,7 @@ async def test_fault_knobs():
             await asyncio.open_connection("127.0.0.1", port)
         await sim.plug()
         assert sim.port == port
-        async with raw_client(port) as client:
+        async with raw_modbus_client(port) as client:
             assert not (await client.read_coils(0, count=1, device_id=1)).isError()
 
 
@@ -186,9 +169,9 @@ async def test_run_modbus_sim_serves_until_cancelled():
         run_modbus_sim("moxa-e1210", "127.0.0.1", 0, None, started=ready.set_result)
     )
     sim = await asyncio.wait_for(ready, 5)
-    async with raw_client(sim.port) as client:
+    async with raw_modbus_client(sim.port) as client:
         assert not (await client.read_discrete_inputs(0, count=16, device_id=1)).isError()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await wait_until(lambda: sim.open_connections == 0)
+    await wait_for(lambda: sim.open_connections == 0)

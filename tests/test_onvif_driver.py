@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 from hypothesis import given
@@ -27,6 +27,7 @@ from drivers.onvif import (
 )
 from drivers.onvif.topics import EVENT_KINDS, parse_bool
 from simulators.camera import SNAPSHOT_JPEG, CameraSimulator
+from tests.helpers import wait_for
 
 PASSWORD = "s3cret-cam"
 MOTION = "tns1:RuleEngine/CellMotionDetector/Motion"
@@ -40,14 +41,6 @@ FAST = SubscriberTiming(
     failed_retry_s=30.0,
     unsubscribe_timeout_s=2.0,
 )
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture
@@ -130,7 +123,7 @@ async def test_cancellation_is_not_a_device_error(sim: CameraSimulator) -> None:
     sim.snapshot_fail = "timeout"
     async with camera(sim, timeout=5) as cam:
         task = asyncio.create_task(cam.snapshot("profile_main"))
-        await wait_until(lambda: sim.requests.get("GetSnapshotUri", 0) >= 1)
+        await wait_for(lambda: sim.requests.get("GetSnapshotUri", 0) >= 1)
         await asyncio.sleep(0.1)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -144,11 +137,11 @@ async def test_events_arrive_and_shutdown_unsubscribes(sim: CameraSimulator) -> 
     got: list[CameraEvent] = []
     async with camera(sim) as cam:
         async with PullPointSubscriber(cam, got.append, timing=FAST) as sub:
-            await wait_until(lambda: sim.active_subscriptions == 1 and sim.pulls >= 1)
+            await wait_for(lambda: sim.active_subscriptions == 1 and sim.pulls >= 1)
             assert sub.state is SubscriberState.STARTED
             sim.emit(MOTION, {"IsMotion": "true"}, {"VideoSourceConfigurationToken": "vsconf"})
             sim.emit(DIGITAL_INPUT, {"LogicalState": "1"}, {"InputToken": "DI_0"})
-            await wait_until(lambda: len(got) == 2)
+            await wait_for(lambda: len(got) == 2)
             assert [(e.kind, e.active, e.source) for e in got] == [
                 ("motion", True, "vsconf"),
                 ("digital_input", True, "DI_0"),
@@ -179,11 +172,11 @@ async def test_async_iterator_and_sync_point(sim: CameraSimulator) -> None:
 async def test_dropped_subscription_is_recreated(sim: CameraSimulator) -> None:
     got: list[CameraEvent] = []
     async with camera(sim) as cam, PullPointSubscriber(cam, got.append, timing=FAST) as sub:
-        await wait_until(lambda: sim.pulls >= 1)
+        await wait_for(lambda: sim.pulls >= 1)
         sim.drop_subscriptions()  # a camera reboot
-        await wait_until(lambda: sim.subscriptions_created == 2 and sim.active_subscriptions == 1)
+        await wait_for(lambda: sim.subscriptions_created == 2 and sim.active_subscriptions == 1)
         sim.emit(MOTION, {"IsMotion": "false"})
-        await wait_until(lambda: any(e.active is False for e in got))
+        await wait_for(lambda: any(e.active is False for e in got))
         assert sub.state is SubscriberState.STARTED
         assert sub.health().failures == 1
     assert sim.active_subscriptions == 0
@@ -192,10 +185,10 @@ async def test_dropped_subscription_is_recreated(sim: CameraSimulator) -> None:
 async def test_pull_failures_back_off_then_recover(sim: CameraSimulator) -> None:
     got: list[CameraEvent] = []
     async with camera(sim) as cam, PullPointSubscriber(cam, got.append, timing=FAST) as sub:
-        await wait_until(lambda: sim.pulls >= 1)
+        await wait_for(lambda: sim.pulls >= 1)
         sim.pull_fail = True
         sim.emit(MOTION, {"IsMotion": "true"})
-        await wait_until(lambda: sub.health().consecutive_failures >= 3)
+        await wait_for(lambda: sub.health().consecutive_failures >= 3)
         assert sub.state is SubscriberState.PAUSED
         # Back-off: a handful of attempts in a second, not hundreds.
         pulls = sim.pulls
@@ -203,9 +196,9 @@ async def test_pull_failures_back_off_then_recover(sim: CameraSimulator) -> None
         assert sim.pulls - pulls < 12
         assert sim.active_subscriptions <= 1  # failed subscriptions are removed, not leaked
         sim.pull_fail = False
-        await wait_until(lambda: sub.state is SubscriberState.STARTED)
+        await wait_for(lambda: sub.state is SubscriberState.STARTED)
         sim.emit(MOTION, {"IsMotion": "false"})
-        await wait_until(lambda: any(e.active is False for e in got))
+        await wait_for(lambda: any(e.active is False for e in got))
         assert sub.health().consecutive_failures == 0
     assert sim.active_subscriptions == 0
 
@@ -213,7 +206,7 @@ async def test_pull_failures_back_off_then_recover(sim: CameraSimulator) -> None
 async def test_subscription_cap_is_a_failed_state(sim: CameraSimulator) -> None:
     sim.subscription_cap = 0
     async with camera(sim) as cam, PullPointSubscriber(cam, timing=FAST) as sub:
-        await wait_until(lambda: sub.state is SubscriberState.FAILED)
+        await wait_for(lambda: sub.state is SubscriberState.FAILED)
         assert "TooManySubscriptions" in (sub.health().last_error or "")
         await asyncio.sleep(0.5)  # no retry within failed_retry_s: count over a window
         assert sim.requests["CreatePullPointSubscription"] == 1
@@ -223,7 +216,7 @@ async def test_wrong_password_subscriber_fails(sim: CameraSimulator) -> None:
     async with camera(sim) as cam:
         sim.password = "rotated"
         async with PullPointSubscriber(cam, timing=FAST) as sub:
-            await wait_until(lambda: sub.state is SubscriberState.FAILED)
+            await wait_for(lambda: sub.state is SubscriberState.FAILED)
             assert sub.health().last_error is not None
 
 
@@ -233,11 +226,11 @@ async def test_unknown_topic_logged_once(
     got: list[CameraEvent] = []
     caplog.set_level(logging.INFO, logger="drivers.onvif")
     async with camera(sim) as cam, PullPointSubscriber(cam, got.append, timing=FAST) as sub:
-        await wait_until(lambda: sim.pulls >= 1)
+        await wait_for(lambda: sim.pulls >= 1)
         for _ in range(3):
             sim.emit("tns1:Vendor/Fancy/Thing", {"State": "true"})
         sim.emit(MOTION, {"IsMotion": "true"})
-        await wait_until(lambda: len(got) == 1)
+        await wait_for(lambda: len(got) == 1)
         assert sub.unknown_topics.seen == {"tns1:Vendor/Fancy/Thing"}
     lines = [r for r in caplog.records if "unknown event topic" in r.getMessage()]
     assert len(lines) == 1
@@ -248,7 +241,7 @@ async def test_renews_before_the_term_ends(sim: CameraSimulator) -> None:
 
     timing = SubscriberTiming(term=dt.timedelta(seconds=3), renew_at_fraction=0.5)
     async with camera(sim) as cam, PullPointSubscriber(cam, timing=timing) as sub:
-        await wait_until(lambda: sim.requests.get("Renew", 0) >= 1, timeout=6)
+        await wait_for(lambda: sim.requests.get("Renew", 0) >= 1, timeout=6)
         assert sub.state is SubscriberState.STARTED
         assert sim.subscriptions_created == 1
 
