@@ -198,6 +198,58 @@ def sim_bollard_do(
         raise typer.Exit(1)
 
 
+@sim_app.command("camera")
+def sim_camera(
+    host: str = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="ONVIF HTTP port (0: free port)")] = 8000,
+    username: Annotated[str, typer.Option(help="ONVIF and snapshot user")] = "admin",
+    password: Annotated[str, typer.Option(help="its password")] = "campus-cam-pw",  # noqa: S107
+    http_port: Annotated[int | None, typer.Option(help="HTTP control port")] = 8023,
+    name: Annotated[str, typer.Option(help="shown in the video and the log")] = "sim-camera",
+    rtsp: Annotated[bool, typer.Option(help="serve the RTSP test stream (GStreamer)")] = True,
+    rtsp_port: Annotated[int, typer.Option(help="RTSP port (0: free port)")] = 8554,
+    rtsp_path: Annotated[str, typer.Option(help="RTSP mount path")] = "cam",
+    codec: Annotated[str, typer.Option(help="auto (H.264 if available), h264 or mjpeg")] = "auto",
+    verbose: Verbose = False,
+) -> None:
+    """An ONVIF camera (events, snapshot, faults) with a live RTSP test stream.
+
+    Scripted over HTTP, e.g. curl -X POST 'http://127.0.0.1:8023/event?kind=tamper'.
+    """
+    if codec not in ("auto", "h264", "mjpeg"):
+        typer.echo("campusguard: --codec must be auto, h264 or mjpeg", err=True)
+        raise typer.Exit(2)
+    _logging(verbose)
+    from simulators.camera import CameraSimulator, run_camera_sim
+
+    def started(sim: CameraSimulator) -> None:
+        typer.echo(f"ONVIF device service  {sim.base_url}/onvif/device_service")
+        typer.echo(f"snapshot              {sim.snapshot_url}  (user {username})")
+        if sim.stream is not None:
+            typer.echo(f"RTSP stream           {sim.stream.url}  ({sim.stream.codec})")
+        else:
+            typer.echo("RTSP stream           off")
+        if sim.http_port is not None:
+            typer.echo(f"HTTP control          http://{host}:{sim.http_port}/state")
+        typer.echo("Stop with Ctrl-C.")
+
+    _run(
+        run_camera_sim(
+            host,
+            port,
+            username=username,
+            password=password,
+            http_port=http_port,
+            name=name,
+            rtsp=rtsp,
+            rtsp_port=rtsp_port,
+            rtsp_path=rtsp_path,
+            codec=codec,  # type: ignore[arg-type]  # checked above
+            started=started,
+        )
+    )
+
+
 @sim_app.command("police")
 def sim_police(
     host: str = "127.0.0.1",
@@ -301,6 +353,67 @@ def discover_modbus(
         typer.echo("devices:")
         for i, f in enumerate(found, 1):
             typer.echo(discover.stanza(f, i), nl=False)
+
+
+@discover_app.command("onvif")
+def discover_onvif(
+    target: Annotated[
+        list[str] | None,
+        typer.Option(help="host[:port] to probe by unicast (default port 3702); repeatable"),
+    ] = None,
+    multicast: Annotated[
+        bool, typer.Option(help="also probe the multicast group 239.255.255.250:3702")
+    ] = True,
+    interface: Annotated[
+        str | None, typer.Option(help="local IPv4 address to send the multicast probe from")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to listen for answers")] = 3.0,
+    username: Annotated[
+        str | None, typer.Option(help="ONVIF user: also read device info and profiles")
+    ] = None,
+    password: Annotated[str | None, typer.Option(help="its password")] = None,
+    password_file: Annotated[
+        Path | None, typer.Option(help="file holding the password (first line)")
+    ] = None,
+    stanza: Annotated[bool, typer.Option(help="print a cameras: stanza for the config")] = False,
+    write: Annotated[
+        Path | None, typer.Option(help="write the cameras: stanza to this file")
+    ] = None,
+) -> None:
+    """Find ONVIF cameras by WS-Discovery; with credentials, ask each who it is."""
+    from campusguard import discover_onvif as wsd
+
+    try:
+        targets = [wsd.parse_target(t) for t in target or []]
+        if password_file is not None:
+            password = password_file.read_text(encoding="utf-8").strip()
+        result = asyncio.run(
+            wsd.discover_onvif(targets, multicast=multicast, listen=timeout, interface=interface)
+        )
+        if result.cameras and (username is not None or password is not None):
+            asyncio.run(wsd.describe(result.cameras, username or "admin", password or ""))
+    except (ValueError, OSError) as exc:
+        typer.echo(f"campusguard: {exc}", err=True)
+        raise typer.Exit(2) from None
+    for err in dict.fromkeys(result.errors):
+        typer.echo(f"campusguard: warning: {err}", err=True)
+    if result.garbage:
+        typer.echo(f"campusguard: ignored {result.garbage} unreadable answer(s)", err=True)
+    if not result.cameras:
+        typer.echo("no ONVIF camera answered")
+        raise typer.Exit(1)
+    described = username is not None or password is not None
+    typer.echo(wsd.table(result.cameras, described), nl=False)
+    text = wsd.stanza(result.cameras, username or "admin")
+    if stanza:
+        typer.echo(text, nl=False)
+    if write is not None:
+        try:
+            write.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            typer.echo(f"campusguard: cannot write {write}: {exc}", err=True)
+            raise typer.Exit(2) from None
+        typer.echo(f"wrote {len(result.cameras)} camera(s) to {write}")
 
 
 @config_app.command("check")

@@ -1,8 +1,9 @@
 """`campusguard demo`: a whole campus and its district centre on one machine.
 
 An embedded MQTT broker (amqtt), a simulated ADAM-6050 DI module with panic buttons, a simulated
-DC-09 police receiver, the campus edge and the central gateway, all in this process and all
-talking the real protocols over loopback sockets.
+bollard controller, a simulated ONVIF camera over the guard room (with a live RTSP test stream
+when GStreamer is installed), a simulated DC-09 police receiver, the campus edge and the central
+gateway, all in this process and all talking the real protocols over loopback sockets.
 """
 
 from __future__ import annotations
@@ -24,13 +25,17 @@ from contract.config import EdgeConfig, GatewayConfig, parse_config
 from edge.daemon import event_listener_queue, run_edge
 from gateway.service import run_gateway
 from simulators.bollard import BollardSimulator
+from simulators.camera import CameraSimulator
 from simulators.modbus_io import DIModuleSimulator
 from simulators.police import PoliceReceiver
+from simulators.rtsp import RtspTestStream, RtspUnavailable
 
 log = logging.getLogger(__name__)
 
 CAMPUS = "demo-xinghua-ps"
 ACCOUNT = "1234"
+CAMERA = "cam-guardroom"
+CAMERA_PASSWORD = "demo-cam-pw"  # noqa: S105 (a simulator on loopback)
 
 
 def _free_port() -> int:
@@ -60,7 +65,7 @@ async def embedded_broker(port: int) -> AsyncIterator[int]:
         await broker.shutdown()
 
 
-def _edge_cfg(data_dir: Path, broker: int, modbus: int, bollards: int) -> EdgeConfig:
+def _edge_cfg(data_dir: Path, broker: int, modbus: int, bollards: int, camera: int) -> EdgeConfig:
     return parse_config(
         {
             "campus": {
@@ -129,6 +134,20 @@ def _edge_cfg(data_dir: Path, broker: int, modbus: int, bollards: int) -> EdgeCo
                     ],
                 }
             ],
+            "cameras": [
+                {
+                    # Over the guard-room panic button: its alarms get this camera's pictures.
+                    "id": CAMERA,
+                    "host": "127.0.0.1",
+                    "port": camera,
+                    "username": "admin",
+                    "password": CAMERA_PASSWORD,
+                    "timeout": 5,
+                    "zone": "guardroom",
+                    "covers": ["guardroom"],
+                    "location": "门卫室值班台上方",
+                }
+            ],
         },
         EdgeConfig,
         "demo edge config",
@@ -191,6 +210,14 @@ async def run_demo(
             BollardSimulator(bollards=2, travel_time=3.0, efo_travel_time=1.5, http_port=0)
         )
         police = await stack.enter_async_context(PoliceReceiver(udp=False, log_path=police_log))
+        stream: RtspTestStream | None = None
+        try:
+            stream = await stack.enter_async_context(RtspTestStream(path="guardroom", label=CAMERA))
+        except RtspUnavailable as exc:
+            log.warning("camera %s: RTSP stream off: %s", CAMERA, exc)
+        cam = await stack.enter_async_context(
+            CameraSimulator(password=CAMERA_PASSWORD, stream=stream, http_port=0)
+        )
         assert police.tcp_port is not None
         try:
             gw = await stack.enter_async_context(
@@ -202,7 +229,7 @@ async def run_demo(
                 run_gateway(_gateway_cfg(data_dir, broker, police.tcp_port, 0))
             )
         edge = await stack.enter_async_context(
-            run_edge(_edge_cfg(data_dir, broker, sim.port, plc.port))
+            run_edge(_edge_cfg(data_dir, broker, sim.port, plc.port, cam.port))
         )
         events = event_listener_queue(edge)
         await asyncio.wait_for(edge.uplink.connected.wait(), 10)
@@ -215,13 +242,27 @@ async def run_demo(
         _say(f"  MQTT broker (embedded amqtt)  127.0.0.1:{broker}")
         _say(f"  DI module (ADAM-6050 sim)     Modbus TCP 127.0.0.1:{sim.port}")
         _say(f"  bollard PLC (generic sim)     Modbus TCP 127.0.0.1:{plc.port}, 2 bollards")
+        _say(
+            f"  camera (ONVIF sim)            {cam.base_url}/onvif/device_service, "
+            + (f"RTSP {stream.url} ({stream.codec})" if stream else "RTSP stream off")
+        )
         _say(f"  police receiver (DC-09 sim)   TCP 127.0.0.1:{police.tcp_port}, log {police_log}")
         _say(f"  gateway API                   {api}/docs")
         _say("")
+        row = await _camera_online(gw.store)  # so that the alarm below gets its picture
+        skew = row.points.get("clock_skew_s")
+        _say(
+            f"  camera {CAMERA} is online at the centre (its retained device status"
+            + (
+                f"; clock skew {round(skew, 1) or 0.0:.1f} s)"
+                if isinstance(skew, int | float)
+                else ")"
+            )
+        )
         _say("Pressing the guard-room panic button (channel 0) for 5 ms ...")
         t0 = time.monotonic()
         await sim.press(0, 0.005)
-        event = await asyncio.wait_for(events.get(), 10)
+        event = await _next_event(events, "panic")
         await police.wait_for(lambda: len(police.messages) >= 1, timeout=10)
         got = police.messages[0]
         _say(
@@ -232,6 +273,11 @@ async def run_demo(
         while status.state != "police_received":
             status = await asyncio.wait_for(edge.alarm_status.get(), 10)
         _say(f"  the campus was told: alarm {event.id} {status.state} via {status.path}")
+        _say("Someone covers the guard-room camera (an ONVIF tamper event) ...")
+        cam.inject("tamper", True)
+        tamper = await _next_event(events, "camera_tamper")
+        cam.inject("tamper", False)
+        _say(f"  the edge raised {tamper.kind} {tamper.id} for the guard (not a police alarm)")
         _say("")
         _say("Try next:")
         _say(f"  {press}              press the gate button")
@@ -243,6 +289,12 @@ async def run_demo(
             f"  {_command()} sim bollard-do impact --bollard 1 "
             f"--url http://127.0.0.1:{plc.http_port}    a vehicle hits bollard 1: to the police"
         )
+        _say(
+            f"  curl -X POST 'http://127.0.0.1:{cam.http_port}/event?kind=field_intrusion"
+            "&active=1'    someone in the camera's intrusion zone (GET /state: its knobs)"
+        )
+        if stream is not None:
+            _say(f"  ffplay {stream.url}    watch the camera's test stream (or VLC)")
         _say(f"  curl {api}/api/alarms         the alarms and their state")
         _say(f"  curl {api}/api/alarms/{event.id}   one alarm's timeline")
         _say(f"  curl {api}/api/devices        device health")
@@ -255,6 +307,29 @@ async def run_demo(
             "rejected messages": gw.ingest.reject.total,
         }
         _say("demo stopped: " + ", ".join(f"{k}: {v}" for k, v in stats.items()))
+
+
+async def _camera_online(store: Any, within: float = 20.0) -> Any:
+    """The camera's device status as the centre stored it, once it says online."""
+    deadline = time.monotonic() + within
+    while True:
+        rows = {r.device: r for r in await store.devices(CAMPUS)}
+        row = rows.get(CAMERA)
+        if row is not None and row.online:
+            return row
+        if time.monotonic() > deadline:
+            error = None if row is None else row.error
+            raise RuntimeError(f"camera {CAMERA} did not come online: {error or 'no status'}")
+        await asyncio.sleep(0.1)  # poll the store until the deadline
+
+
+async def _next_event(events: asyncio.Queue[Any], kind: str, within: float = 10.0) -> Any:
+    """The next event of ``kind`` from the edge (others are skipped)."""
+    async with asyncio.timeout(within):
+        while True:
+            event = await events.get()
+            if event.kind == kind:
+                return event
 
 
 async def _report_forever(police: PoliceReceiver, duration: float | None) -> None:

@@ -17,7 +17,16 @@ from typing import Annotated, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from contract.bollard_config import BollardRulesConfig, CommandPolicyConfig, ScheduleConfig
 from contract.models import ID_PATTERN, EventKind, Geo
@@ -240,10 +249,24 @@ class CameraConfig(Strict):
     timeout: float = Field(10.0, gt=0, le=120, description="seconds per ONVIF call")
     zone: Ident | None = None
     location: str = ""
+    covers: list[Ident] = Field(
+        default_factory=list,
+        description="zones whose alarms this camera documents with snapshots "
+        "(its own zone is always one of them)",
+    )
+    snapshot_profile: str | None = Field(
+        None, description="media profile token for evidence snapshots; default: the first"
+    )
     inputs: list[CameraInputConfig] = []
     report: list[CameraReport] = Field(
         default_factory=lambda: list(_DEFAULT_REPORT),
         description="which of the camera's own analytics become events (motion is noisy)",
+    )
+    events: Literal["pullpoint", "webhook"] = Field(
+        "pullpoint",
+        description="how events come: pullpoint (the edge long-polls the camera; works through "
+        "NAT, loss noticed within a minute) or webhook (the camera POSTs Notify to the edge's "
+        "notify listener: needs the camera to reach the edge; for cameras without pull points)",
     )
 
     def secret(self) -> str:
@@ -252,6 +275,77 @@ class CameraConfig(Strict):
         if self.password_file is not None:
             return self.password_file.read_text(encoding="utf-8").strip()
         return ""
+
+    def zones_covered(self) -> set[str]:
+        """Zones whose alarms get this camera's snapshots."""
+        return set(self.covers) | ({self.zone} if self.zone else set())
+
+
+_EVIDENCE_KINDS: list[EventKind] = [
+    "panic",
+    "duress",
+    "holdup",
+    "fire",
+    "intrusion",
+    "tamper",
+    "trouble",
+    "bollard_impact",
+    "camera_tamper",
+    "camera_intrusion",
+    "video_loss",
+]
+
+
+class EdgeEvidenceConfig(Strict):
+    """Snapshots taken with every alarm by the cameras that cover its zone."""
+
+    enabled: bool = True
+    kinds: list[EventKind] = Field(
+        default_factory=lambda: list(_EVIDENCE_KINDS),
+        description="event kinds that get snapshots (never their restores)",
+    )
+    shots: int = Field(1, ge=1, le=10, description="pictures per camera: one at once, then more")
+    interval: float = Field(1.0, gt=0, le=60, description="seconds between a camera's shots")
+    timeout: float = Field(
+        10.0, gt=0, le=120, description="seconds a snapshot may take; the alarm never waits for it"
+    )
+    max_bytes: int = Field(
+        2 * 1024 * 1024, ge=1024, le=16 * 1024 * 1024, description="a bigger picture is refused"
+    )
+    retention_days: float = Field(
+        7.0,
+        gt=0,
+        le=3650,
+        description="how long the edge keeps its copy (pictures of minors: only as needed)",
+    )
+
+
+class NotifyListenerConfig(Strict):
+    """The edge's HTTP listener for cameras with ``events: webhook`` (one for all of them)."""
+
+    host: str = Field("0.0.0.0", description="address to bind")
+    port: int = Field(8089, ge=1, le=65535, description="TCP port to bind")
+    advertised_url: str = Field(
+        pattern=r"^https?://[^/\s]+/?$",
+        description="base URL the cameras POST to, as they reach this edge, "
+        "e.g. http://10.20.0.5:8089 (not the bind address)",
+    )
+    max_body: int = Field(
+        65536, ge=1024, le=4 * 1024 * 1024, description="largest Notify body, bytes (413 above)"
+    )
+
+
+class EdgeTelemetryConfig(Strict):
+    """Device and edge health figures for the centre (InfluxDB, reports)."""
+
+    enabled: bool = True
+    interval: float = Field(30.0, ge=1, le=3600, description="seconds between batches")
+    keep_batches: int = Field(
+        2880,
+        ge=1,
+        le=1_000_000,
+        description="batches kept while the uplink is down; the oldest go first",
+    )
 
 
 class EdgeNode(Strict):
@@ -272,6 +366,28 @@ class EdgeConfig(Strict):
     devices: list[ModbusDeviceConfig] = []
     bollards: list[BollardControllerConfig] = []
     cameras: list[CameraConfig] = []
+    evidence: EdgeEvidenceConfig = EdgeEvidenceConfig()
+    telemetry: EdgeTelemetryConfig = EdgeTelemetryConfig()
+    notify: NotifyListenerConfig | None = Field(
+        None,
+        validate_default=True,
+        description="listener for cameras with events: webhook; required by them",
+    )
+
+    @field_validator("notify", mode="after")
+    @classmethod
+    def _notify_needed(
+        cls, notify: NotifyListenerConfig | None, info: ValidationInfo
+    ) -> NotifyListenerConfig | None:
+        cameras: list[CameraConfig] = info.data.get("cameras") or []
+        webhook = [c.id for c in cameras if c.events == "webhook"]
+        if webhook and notify is None:
+            raise ValueError(
+                f"required because camera(s) {', '.join(webhook)} use events: webhook; "
+                "set notify.advertised_url (the URL the cameras reach this edge at) and "
+                "notify.port, or use events: pullpoint"
+            )
+        return notify
 
     @model_validator(mode="after")
     def _refs(self) -> EdgeConfig:
@@ -282,7 +398,7 @@ class EdgeConfig(Strict):
             raise ValueError(f"device ids must be unique: {sorted(ids)}")
         refs = [(d.id, [d.zone, *(i.zone for i in d.inputs)]) for d in self.devices]
         refs += [(c.id, [c.zone, *(b.zone for b in c.bollards)]) for c in self.bollards]
-        refs += [(c.id, [c.zone, *(i.zone for i in c.inputs)]) for c in self.cameras]
+        refs += [(c.id, [c.zone, *(i.zone for i in c.inputs), *c.covers]) for c in self.cameras]
         for dev_id, zone_refs in refs:
             for ref in zone_refs:
                 if ref is not None and ref not in zones:
@@ -434,6 +550,119 @@ class ApiToken(Strict):
         return "*" in self.campuses or campus in self.campuses
 
 
+EvidenceRole = Literal["guard", "supervisor", "technician", "dispatcher", "admin"]
+_EVIDENCE_ROLES: list[EvidenceRole] = ["guard", "supervisor", "dispatcher", "admin"]
+
+
+class GatewayEvidenceConfig(Strict):
+    """Alarm snapshots at the centre: how long they are kept and who may see them."""
+
+    retention_days: float = Field(
+        30.0, gt=0, le=3650, description="pictures are deleted this long after they were taken"
+    )
+    max_bytes: int = Field(4 * 1024 * 1024, ge=1024, le=16 * 1024 * 1024)
+    roles: list[EvidenceRole] = Field(
+        default_factory=lambda: list(_EVIDENCE_ROLES),
+        description="API roles that may see pictures (pictures of minors: only those who need to)",
+    )
+    public_url: Annotated[str, Field(pattern=r"^https?://[^\s\[\]]+$")] | None = Field(
+        None,
+        description="base URL the police reach this gateway on; set it to send a verification "
+        "link (DC-09 x-data V) with every alarm",
+    )
+    link_ttl_hours: float = Field(72.0, gt=0, le=24 * 90, description="a verification link expires")
+    link_key: SecretStr | None = Field(None, description="HMAC key for links: ${ENV} or file")
+    link_key_file: Path | None = None
+
+    def key(self) -> bytes | None:
+        if self.link_key is not None:
+            return self.link_key.get_secret_value().encode()
+        if self.link_key_file is not None:
+            return self.link_key_file.read_text(encoding="utf-8").strip().encode()
+        return None
+
+    @model_validator(mode="after")
+    def _link_key(self) -> GatewayEvidenceConfig:
+        if self.public_url is not None and self.link_key is None and self.link_key_file is None:
+            raise ValueError("public_url needs link_key or link_key_file to sign the links")
+        if self.link_key is not None and len(self.link_key.get_secret_value()) < 24:
+            raise ValueError("link_key must be at least 24 characters")
+        return self
+
+
+class InfluxConfig(Strict):
+    """Where the gateway writes device telemetry: InfluxDB 1.x (``api: v1``, /write with a
+    database) or 2.x / 3.x (``api: v2``, org, bucket and token). While it is unreachable the
+    points wait in memory (``max_buffer_points``), then in segment files under ``spool_dir``
+    (at most ``spool_max_bytes``: beyond that the oldest telemetry is dropped and counted)."""
+
+    api: Literal["v1", "v2"] = Field("v1", description="v1: InfluxDB 1.x /write; v2: 2.x/3.x")
+    url: Annotated[str, Field(pattern=r"^https?://[^\s]+$")] = Field(
+        "http://127.0.0.1:8086", description="base URL of InfluxDB"
+    )
+    database: str | None = Field(None, min_length=1, description="v1: database to write to")
+    retention_policy: str | None = Field(
+        None, min_length=1, description="v1: retention policy; default: the database's"
+    )
+    username: str | None = Field(None, description="v1: user (when auth is on)")
+    password: SecretStr | None = Field(None, description="v1: use ${ENV} or password_file")
+    password_file: Path | None = None
+    org: str | None = Field(None, min_length=1, description="v2: organization")
+    bucket: str | None = Field(None, min_length=1, description="v2: bucket")
+    token: SecretStr | None = Field(None, description="v2: API token; use ${ENV} or token_file")
+    token_file: Path | None = None
+    batch_size: int = Field(5000, ge=1, le=100_000, description="points per write request")
+    flush_interval: float = Field(
+        1.0, gt=0, le=300, description="seconds: a batch is sent when it is this old, even if small"
+    )
+    timeout: float = Field(10.0, gt=0, le=300, description="seconds per write request")
+    max_buffer_points: int = Field(
+        100_000, ge=1, le=50_000_000, description="points held in memory; more spill to disk"
+    )
+    spool_dir: Path | None = Field(
+        None, description="spill-to-disk folder; default <gateway.data_dir>/telemetry-spool"
+    )
+    spool_max_bytes: int = Field(
+        1024**3, ge=4096, description="disk bound of the spool; the oldest is dropped beyond it"
+    )
+    gzip: bool = Field(True, description="gzip the write requests")
+
+    def password_text(self) -> str | None:
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is not None:
+            return self.password_file.read_text(encoding="utf-8").strip()
+        return None
+
+    def token_text(self) -> str | None:
+        if self.token is not None:
+            return self.token.get_secret_value()
+        if self.token_file is not None:
+            return self.token_file.read_text(encoding="utf-8").strip()
+        return None
+
+    @model_validator(mode="after")
+    def _api_keys(self) -> InfluxConfig:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give 'password' or 'password_file', not both")
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("give 'token' or 'token_file', not both")
+        if self.api == "v1" and not self.database:
+            raise ValueError("api v1 needs 'database' (the InfluxDB 1.x database to write to)")
+        if self.api == "v2":
+            missing = [k for k in ("org", "bucket") if not getattr(self, k)]
+            if self.token is None and self.token_file is None:
+                missing.append("token (or token_file)")
+            if missing:
+                raise ValueError(f"api v2 needs {', '.join(missing)}")
+        if self.max_buffer_points < self.batch_size:
+            raise ValueError(
+                f"max_buffer_points ({self.max_buffer_points}) must be at least "
+                f"batch_size ({self.batch_size})"
+            )
+        return self
+
+
 class GatewayConfig(Strict):
     """The central gateway: broker, database, campuses and the police relay."""
 
@@ -445,6 +674,10 @@ class GatewayConfig(Strict):
     database: DatabaseConfig = DatabaseConfig()
     campuses: list[CampusAccount] = Field(min_length=1)
     dc09: Dc09Config | None = None
+    evidence: GatewayEvidenceConfig = GatewayEvidenceConfig()
+    influxdb: InfluxConfig | None = Field(
+        None, description="telemetry to InfluxDB; none = not written to InfluxDB"
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> GatewayConfig:

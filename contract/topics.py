@@ -17,7 +17,7 @@ CAMPUS_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 _CAMPUS_RE = re.compile(CAMPUS_ID_PATTERN)
 DEFAULT_SHARE_GROUP = "cg-gateway"
 
-UpKind = Literal["event", "edge", "device", "telemetry"]
+UpKind = Literal["event", "edge", "device", "telemetry", "evidence"]
 
 
 def _check(campus: str) -> str:
@@ -45,6 +45,11 @@ def device_status_topic(campus: str, device: str) -> str:
     if "/" in device or "+" in device or "#" in device:
         raise ValueError(f"device id {device!r} must not contain '/', '+' or '#'")
     return f"{campus_root(campus)}/up/device/{device}"
+
+
+def evidence_topic(campus: str) -> str:
+    """Alarm evidence (snapshots) from a campus edge; QoS 1, binary (see contract.evidence)."""
+    return f"{campus_root(campus)}/up/evidence"
 
 
 def telemetry_topic(campus: str) -> str:

@@ -19,6 +19,7 @@ from contract import topics
 from contract.aio import run_every
 from contract.config import BollardConfig, BollardControllerConfig, CampusConfig
 from contract.models import BollardCommandMessage, DetailValue, DeviceStatus, EventKind, utcnow
+from contract.telemetry import BOLLARD_STATE_CODES, FieldValue, Sample
 from drivers.modbus.bollard import BollardController
 from drivers.modbus.bollard_model import BollardCommand, BollardReading
 from drivers.modbus.errors import ModbusDeviceError
@@ -35,6 +36,7 @@ from edge.bollards import (
     ScheduleWatch,
 )
 from edge.events import EventSink
+from edge.telemetry import PollStats
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,8 @@ class BollardPoller:
         self.online: bool | None = None
         self.polls = 0
         self.last_error: str | None = None
+        self.stats = PollStats()
+        self._readings: list[BollardReading] | None = None
 
     async def run(self) -> None:
         await run_every(
@@ -91,9 +95,12 @@ class BollardPoller:
         try:
             readings = await self._controller.read_all()
             self.last_error = None
+            self.stats.ok(readings[0].latency_s if readings else None)
         except ModbusDeviceError as exc:
             readings = None
             self.last_error = str(exc) or type(exc).__name__
+            self.stats.fail()
+        self._readings = readings
         now = time.monotonic()
         local = datetime.now(self._tz)
         was_online = self.online
@@ -182,6 +189,26 @@ class BollardPoller:
             error=None if self.online else (self.last_error or "no answer yet"),
             points=points,
         )
+
+    def telemetry(self) -> list[Sample]:
+        """The controller's link figures, and per bollard its state and measures."""
+        fields: dict[str, FieldValue] = {"online": bool(self.online), **self.stats.take()}
+        out = [Sample(device=self.cfg.id, kind="bollard_controller", fields=fields)]
+        for bid, b in self.bollards.items():
+            tracker = self.trackers[bid]
+            bf: dict[str, FieldValue] = {"state": BOLLARD_STATE_CODES[tracker.state.value]}
+            r = self._readings[b.index] if self._readings else None
+            if r is not None:
+                if r.pressure_bar is not None:
+                    bf["pressure_bar"] = float(r.pressure_bar)
+                if r.motor_temp_c is not None:
+                    bf["motor_temp_c"] = float(r.motor_temp_c)
+                if r.cycles is not None:
+                    bf["cycles"] = int(r.cycles)
+                if r.fault_code is not None:
+                    bf["fault_code"] = int(r.fault_code)
+            out.append(Sample(device=self.cfg.id, point=bid, kind="bollard", fields=bf))
+        return out
 
     def publish_status(self) -> None:
         self._publish_retained(

@@ -20,16 +20,21 @@ from contract import topics
 from contract.config import CameraConfig, InputConfig
 from contract.models import DetailValue, DeviceStatus, EventKind, utcnow
 from contract.mqtt import Backoff
+from contract.telemetry import FieldValue, Sample
 from drivers.onvif import (
     CameraAuthError,
     CameraError,
     CameraEvent,
+    EventSubscriber,
+    NotifyListener,
+    NotifySubscriber,
     OnvifCamera,
     PullPointSubscriber,
     SubscriberState,
 )
 from edge.alarms import InputTracker
 from edge.events import EventSink
+from edge.telemetry import PollStats
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +62,10 @@ class CameraWatcher:
         campus: str,
         sink: EventSink,
         publish_retained: Callable[[str, bytes], None],
+        notify: NotifyListener | None = None,
     ) -> None:
         self.cfg = cfg
+        self._notify = notify
         self._campus = campus
         self._sink = sink
         self._publish_retained = publish_retained
@@ -80,7 +87,7 @@ class CameraWatcher:
         }
         self._active: dict[tuple[str, str | None], bool] = {}
         self.camera: OnvifCamera | None = None
-        self.subscriber: PullPointSubscriber | None = None
+        self.subscriber: EventSubscriber | None = None
         self.online: bool | None = None
         self.error: str | None = None
         self.last_event: datetime | None = None
@@ -100,7 +107,7 @@ class CameraWatcher:
                 self.camera = cam
                 self._set_online(True, None)
                 backoff.reset()
-                async with PullPointSubscriber(cam, self._on_event) as sub:
+                async with self._subscriber(cam) as sub:
                     self.subscriber = sub
                     await self._watch(sub)
             except CameraAuthError as exc:
@@ -114,7 +121,15 @@ class CameraWatcher:
                 with contextlib.suppress(Exception):
                     await cam.close()
 
-    async def _watch(self, sub: PullPointSubscriber) -> None:
+    def _subscriber(self, cam: OnvifCamera) -> EventSubscriber:
+        """Pull point or push (Notify), as ``events:`` in the camera's config says."""
+        if self.cfg.events == "webhook":
+            if self._notify is None:
+                raise RuntimeError(f"camera {self.cfg.id} uses webhook events: no notify listener")
+            return NotifySubscriber(cam, self._notify, self.cfg.id, self._on_event)
+        return PullPointSubscriber(cam, self._on_event)
+
+    async def _watch(self, sub: EventSubscriber) -> None:
         """Publish health while the subscription lives; a failed one ends the session."""
         while True:
             health = sub.health()
@@ -139,6 +154,7 @@ class CameraWatcher:
 
     async def _on_event(self, ev: CameraEvent) -> None:
         self.last_event = datetime.now(UTC)
+        self.events_window += 1
         if ev.kind == "digital_input":
             await self._input(ev)
             return
@@ -211,3 +227,58 @@ class CameraWatcher:
             topics.device_status_topic(self._campus, self.cfg.id),
             self.status().model_dump_json().encode(),
         )
+
+    # --- telemetry ----------------------------------------------------------------------------
+
+    events_window = 0
+    snapshot_stats: PollStats | None = None
+
+    def telemetry(self) -> list[Sample]:
+        """Online, clock skew, subscription, events and snapshots over the window."""
+        fields: dict[str, FieldValue] = {"online": bool(self.online), "events": self.events_window}
+        self.events_window = 0
+        if self.online and self.camera is not None:
+            skew = self.camera.clock_skew_s
+            if skew is not None:
+                fields["clock_skew_s"] = float(skew)
+            if self.subscriber is not None:
+                fields["subscription_alive"] = self.subscriber.health().subscription_alive
+        if self.last_event is not None:
+            age = (datetime.now(UTC) - self.last_event).total_seconds()
+            fields["last_event_age_s"] = round(age, 1)
+        if self.snapshot_stats is not None:
+            for key, value in self.snapshot_stats.take().items():
+                fields[f"snapshot_{key}"] = value
+        return [Sample(device=self.cfg.id, kind="camera", fields=fields)]
+
+    # --- alarm evidence -----------------------------------------------------------------------
+
+    _snapshot_token: tuple[OnvifCamera, str] | None = None
+
+    async def evidence_snapshot(self) -> bytes:
+        """A picture for alarm evidence from the configured (or the first) media profile.
+
+        Raises:
+            CameraError: the camera is not connected now, or did not give a picture.
+        """
+        cam = self.camera
+        if cam is None or not self.online:
+            raise CameraError(self.cfg.host, "snapshot", self.error or "camera is not connected")
+        if self._snapshot_token is None or self._snapshot_token[0] is not cam:
+            token = self.cfg.snapshot_profile
+            if token is None:
+                profiles = await cam.profiles()
+                if not profiles:
+                    raise CameraError(self.cfg.host, "snapshot", "the camera has no media profile")
+                token = profiles[0].token
+            self._snapshot_token = (cam, token)
+        if self.snapshot_stats is None:
+            self.snapshot_stats = PollStats()
+        start = time.monotonic()
+        try:
+            image = await cam.snapshot(self._snapshot_token[1])
+        except BaseException:
+            self.snapshot_stats.fail()
+            raise
+        self.snapshot_stats.ok(time.monotonic() - start)
+        return image

@@ -37,11 +37,14 @@ from drivers.modbus.bus import ModbusBus, ModbusConnection
 from drivers.modbus.errors import ProfileError
 from drivers.modbus.inputs import ChannelSpec, DIModuleReader, EolParams, check_channel
 from drivers.modbus.profile import load_profile
+from drivers.onvif import NotifyListener
 from edge.bollard_poller import BollardPoller
 from edge.cameras import CameraWatcher
 from edge.events import EventSink
+from edge.evidence import EvidenceCollector, evidence_dir
 from edge.outbox import Outbox
 from edge.pollers import ModbusPoller
+from edge.telemetry import EdgeTelemetry, SampleSource
 from edge.uplink import Uplink
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,9 @@ class EdgeRuntime:
     bollards: dict[str, BollardPoller] = field(default_factory=dict)
     cameras: dict[str, CameraWatcher] = field(default_factory=dict)
     alarm_status: asyncio.Queue[AlarmStatus] = field(default_factory=asyncio.Queue)
+    evidence: EvidenceCollector | None = None
+    telemetry: EdgeTelemetry | None = None
+    notify: NotifyListener | None = None
     rejected: int = 0
 
 
@@ -173,9 +179,29 @@ async def run_edge(cfg: EdgeConfig) -> AsyncIterator[EdgeRuntime]:
                 rt.bollards[ctl.id] = BollardPoller(
                     ctl, cfg.campus, controller, sink, uplink.set_retained
                 )
+            notify: NotifyListener | None = None
+            if cfg.notify is not None and any(c.events == "webhook" for c in cfg.cameras):
+                # One listener for every camera that pushes its events (Notify).
+                notify = await stack.enter_async_context(
+                    NotifyListener(
+                        cfg.notify.host,
+                        cfg.notify.port,
+                        cfg.notify.advertised_url,
+                        max_body=cfg.notify.max_body,
+                    )
+                )
+            rt.notify = notify
             for cam in cfg.cameras:
-                rt.cameras[cam.id] = CameraWatcher(cam, cfg.campus.id, sink, uplink.set_retained)
+                rt.cameras[cam.id] = CameraWatcher(
+                    cam, cfg.campus.id, sink, uplink.set_retained, notify
+                )
+            rt.evidence = EvidenceCollector(cfg, outbox, rt.cameras, evidence_dir(cfg))
+            sink.listeners.append(rt.evidence.on_event)
             runners = [(dev_id, p.run()) for dev_id, p in rt.pollers.items()]
+            runners.append(("evidence", rt.evidence.run()))
+            if cfg.telemetry.enabled:
+                rt.telemetry = _telemetry(rt)
+                runners.append(("telemetry", rt.telemetry.run()))
             runners += [(cam_id, c.run()) for cam_id, c in rt.cameras.items()]
             runners += [(ctl_id, b.run()) for ctl_id, b in rt.bollards.items()]
             tasks = [asyncio.create_task(coro, name=f"poll-{name}") for name, coro in runners]
@@ -191,6 +217,22 @@ async def run_edge(cfg: EdgeConfig) -> AsyncIterator[EdgeRuntime]:
                 yield rt
             finally:
                 await cancel_and_wait(tasks)
+
+
+def _telemetry(rt: EdgeRuntime) -> EdgeTelemetry:
+    sources: list[SampleSource] = [p.telemetry for p in rt.pollers.values()]
+    sources += [b.telemetry for b in rt.bollards.values()]
+    sources += [c.telemetry for c in rt.cameras.values()]
+
+    def extra() -> dict[str, float | int | bool]:
+        ev = rt.evidence
+        return {
+            "downlink_rejected": rt.rejected,
+            "evidence_taken": ev.taken if ev else 0,
+            "evidence_missing": ev.missing if ev else 0,
+        }
+
+    return EdgeTelemetry(rt.cfg, rt.outbox, sources, rt.uplink.connected.is_set, extra)
 
 
 _DOWN_MODELS: dict[str, type[Receipt] | type[BollardCommandMessage] | type[AlarmStatus]] = {

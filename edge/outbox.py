@@ -24,7 +24,12 @@ T = TypeVar("T")
 
 PRIORITY_ALARM = 0
 PRIORITY_EVENT = 1
-PRIORITY_TELEMETRY = 2
+PRIORITY_EVIDENCE = 2
+PRIORITY_TELEMETRY = 3
+
+BULK_BUDGET = 256 * 1024
+"""Bytes of bulk messages (evidence, telemetry) handed out per batch: a picture queued on a slow
+campus link must not hold an alarm that comes after it for more than about one picture's time."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -41,6 +46,19 @@ CREATE INDEX IF NOT EXISTS outbox_receipt ON outbox (receipt_key);
 CREATE INDEX IF NOT EXISTS outbox_order ON outbox (priority, id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS point_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS evidence (
+    id TEXT PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    camera TEXT NOT NULL,
+    shot INTEGER NOT NULL,
+    taken_at TEXT NOT NULL,
+    path TEXT,
+    size INTEGER NOT NULL,
+    error TEXT,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS evidence_event ON evidence (event_id);
+CREATE INDEX IF NOT EXISTS evidence_created ON evidence (created);
 CREATE TABLE IF NOT EXISTS alarm_status (
     alarm_id TEXT NOT NULL,
     state TEXT NOT NULL,
@@ -50,6 +68,20 @@ CREATE TABLE IF NOT EXISTS alarm_status (
     PRIMARY KEY (alarm_id, state)
 );
 """
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceRecord:
+    """A snapshot (or the reason for a missing one) the edge holds for an alarm."""
+
+    id: str
+    event_id: str
+    camera: str
+    shot: int
+    taken_at: str
+    path: str | None
+    size: int
+    error: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +186,97 @@ class Outbox:
         self.changed.set()
         return value
 
+    async def add(
+        self, topic: str, payload: bytes, priority: int, receipt_key: str | None = None
+    ) -> None:
+        """Queue a message that needs no sequence number (telemetry)."""
+
+        def work() -> None:
+            with self.db:
+                self.db.execute(
+                    "INSERT INTO outbox(priority, topic, payload, retain, receipt_key, created) "
+                    "VALUES (?, ?, ?, 0, ?, ?)",
+                    (priority, topic, payload, receipt_key, time.time()),
+                )
+            self._depth += 1
+
+        await self._run(work)
+        self.changed.set()
+
+    async def trim(self, priority: int, keep: int) -> int:
+        """Drop the oldest messages of one (bulk) priority beyond ``keep``; returns how many."""
+
+        def work() -> int:
+            with self.db:
+                gone = self.db.execute(
+                    "DELETE FROM outbox WHERE priority=? AND id NOT IN "
+                    "(SELECT id FROM outbox WHERE priority=? ORDER BY id DESC LIMIT ?)",
+                    (priority, priority, keep),
+                ).rowcount
+            self._depth -= gone
+            return int(gone)
+
+        return await self._run(work)
+
+    async def add_evidence(
+        self, record: EvidenceRecord, topic: str, payload: bytes, priority: int = PRIORITY_EVIDENCE
+    ) -> None:
+        """Index a snapshot and queue its message in one transaction; it leaves the outbox on
+        the gateway's receipt (keyed by the evidence id), like an event."""
+
+        def work() -> None:
+            now = time.time()
+            with self.db:
+                self.db.execute(
+                    "INSERT OR IGNORE INTO evidence(id, event_id, camera, shot, taken_at, path, "
+                    "size, error, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        record.id,
+                        record.event_id,
+                        record.camera,
+                        record.shot,
+                        record.taken_at,
+                        record.path,
+                        record.size,
+                        record.error,
+                        now,
+                    ),
+                )
+                self.db.execute(
+                    "INSERT INTO outbox(priority, topic, payload, retain, receipt_key, created) "
+                    "VALUES (?, ?, ?, 0, ?, ?)",
+                    (priority, topic, payload, record.id, now),
+                )
+            self._depth += 1
+
+        await self._run(work)
+        self.changed.set()
+
+    async def evidence_for(self, event_id: str) -> list[EvidenceRecord]:
+        def work() -> list[EvidenceRecord]:
+            rows = self.db.execute(
+                "SELECT id, event_id, camera, shot, taken_at, path, size, error FROM evidence "
+                "WHERE event_id=? ORDER BY camera, shot",
+                (event_id,),
+            ).fetchall()
+            return [EvidenceRecord(*r) for r in rows]
+
+        return await self._run(work)
+
+    async def expire_evidence(self, created_before: float) -> list[str]:
+        """Forget snapshots indexed before ``created_before``; returns their files to delete.
+        A snapshot still waiting for the gateway's receipt keeps its message in the outbox."""
+
+        def work() -> list[str]:
+            with self.db:
+                rows = self.db.execute(
+                    "SELECT id, path FROM evidence WHERE created < ?", (created_before,)
+                ).fetchall()
+                self.db.executemany("DELETE FROM evidence WHERE id=?", [(r[0],) for r in rows])
+            return [str(r[1]) for r in rows if r[1]]
+
+        return await self._run(work)
+
     async def peek(self, limit: int = 64, resend_before: float = 0.0) -> list[OutboxItem]:
         """What to send next: unsent messages, and those sent before ``resend_before`` whose
         receipt never came; the highest priority first, then the oldest."""
@@ -164,7 +287,15 @@ class Outbox:
                 "WHERE sent_at IS NULL OR sent_at < ? ORDER BY priority, id LIMIT ?",
                 (resend_before, limit),
             ).fetchall()
-            return [OutboxItem(r[0], r[1], r[2], bytes(r[3]), bool(r[4]), r[5]) for r in rows]
+            items: list[OutboxItem] = []
+            bulk = 0
+            for r in rows:
+                if r[1] >= PRIORITY_EVIDENCE:
+                    if items and bulk + len(r[3]) > BULK_BUDGET:
+                        break
+                    bulk += len(r[3])
+                items.append(OutboxItem(r[0], r[1], r[2], bytes(r[3]), bool(r[4]), r[5]))
+            return items
 
         return await self._run(work)
 

@@ -17,11 +17,13 @@ from contract import topics
 from contract.aio import run_every
 from contract.config import ModbusDeviceConfig
 from contract.models import DetailValue, DeviceStatus, utcnow
+from contract.telemetry import LOOP_STATE_CODES, FieldValue, Sample
 from drivers.modbus.errors import DeviceTimeout, ModbusDeviceError
 from drivers.modbus.inputs import DIModuleReader, ModuleReading
 from edge.alarms import InputTracker
 from edge.events import EventSink
 from edge.outbox import Outbox
+from edge.telemetry import PollStats
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ class ModbusPoller:
         self.last_response: float | None = None
         self.last_latency: float | None = None
         self.last_error: str | None = None
+        self.stats = PollStats()
         # Spread the periodic refreshes of many devices over the interval.
         self._last_status = time.monotonic() - random.uniform(0, status_interval)
         self.on_poll: Callable[[ModuleReading], None] | None = None
@@ -74,6 +77,7 @@ class ModbusPoller:
             await self._failed(exc)
             return
         now = time.monotonic()
+        self.stats.ok(reading.latency_s)
         self.last_response = time.time()
         self.last_latency = reading.latency_s
         self.failures = 0
@@ -111,6 +115,7 @@ class ModbusPoller:
             self.on_poll(reading)
 
     async def _failed(self, exc: ModbusDeviceError) -> None:
+        self.stats.fail()
         self.failures += 1
         self.last_error = str(exc) or type(exc).__name__
         # A timeout already means the device was silent for the whole timeout, far longer than
@@ -153,6 +158,23 @@ class ModbusPoller:
             error=None if self.online else (self.last_error or "no answer yet"),
             points=points,
         )
+
+    def telemetry(self) -> list[Sample]:
+        """Online, latency and errors over the window; the state of each supervised loop."""
+        fields: dict[str, FieldValue] = {"online": bool(self.online), **self.stats.take()}
+        out = [Sample(device=self.cfg.id, kind="di_module", fields=fields)]
+        if self.online:
+            for t in self.trackers.values():
+                if t.cfg.mode == "eol" and t.state in LOOP_STATE_CODES:
+                    out.append(
+                        Sample(
+                            device=self.cfg.id,
+                            point=t.cfg.id,
+                            kind="input",
+                            fields={"loop_state": LOOP_STATE_CODES[t.state]},
+                        )
+                    )
+        return out
 
     def publish_status(self) -> None:
         """Hand the current status to the uplink (in memory: no disk write on the poll path)."""

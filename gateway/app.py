@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import html
 import logging
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import uvicorn
 from fastapi import FastAPI, Header, HTTPException, Query
+from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contract import topics
@@ -87,8 +89,23 @@ class AlarmOut(BaseModel):
     police_at: datetime | None
 
 
+class EvidenceOut(BaseModel):
+    id: str
+    camera: str
+    shot: int
+    taken_at: datetime
+    size: int
+    sha256: str | None
+    error: str | None
+    url: str | None = Field(description="the picture (bearer token with an evidence role)")
+
+
 class AlarmDetail(AlarmOut):
     timeline: list[StepOut]
+    evidence: list[EvidenceOut]
+    verification_url: str | None = Field(
+        None, description="the signed link the police got (x-data V), when one is configured"
+    )
 
 
 def _row(row: Any) -> dict[str, Any]:
@@ -129,7 +146,107 @@ def create_app(rt: GatewayRuntime) -> FastAPI:
         out["timeline"] = [
             {"state": s.state, "ts": aware(s.ts), "path": s.path, "note": s.note} for s in steps
         ]
+        out["evidence"] = [
+            {
+                "id": e.id,
+                "camera": e.camera,
+                "shot": e.shot,
+                "taken_at": aware(e.taken_at),
+                "size": e.size,
+                "sha256": e.sha256,
+                "error": e.error,
+                "url": f"/api/evidence/{e.id}" if e.path else None,
+            }
+            for e in await rt.store.evidence_for(alarm_id)
+        ]
+        out["verification_url"] = rt.vault.link_for(row.id, aware(row.edge_ts))
         return out
+
+    @app.get(
+        "/api/evidence/{evidence_id}",
+        response_class=FileResponse,
+        responses={200: {"content": {"image/jpeg": {}}}},
+    )
+    async def evidence(
+        evidence_id: str, authorization: Annotated[str | None, Header()] = None
+    ) -> FileResponse:
+        """An alarm's picture: for the roles in ``evidence.roles``, on their own campuses."""
+        tok = authorised(authorization)
+        row = await rt.store.evidence(evidence_id)
+        if row is None or row.path is None or not tok.may_act_on(row.campus):
+            raise HTTPException(404, f"no picture {evidence_id}")
+        if tok.role not in rt.cfg.evidence.roles:
+            log.warning("refused picture %s to %s (role %s)", evidence_id, tok.user, tok.role)
+            raise HTTPException(403, f"role {tok.role} may not see alarm pictures")
+        log.info("picture %s of alarm %s shown to %s", evidence_id, row.event_id, tok.user)
+        return _picture(row.path)
+
+    def _picture(relative: str) -> FileResponse:
+        try:
+            path = rt.vault.path(relative)
+        except ValueError:
+            raise HTTPException(404, "no such picture") from None
+        if not path.is_file():
+            raise HTTPException(410, "the picture is past its retention")
+        return FileResponse(
+            path, media_type="image/jpeg", headers={"Cache-Control": "private, no-store"}
+        )
+
+    def _check_link(alarm_id: str, exp: int, sig: str) -> None:
+        if not rt.vault.check_link(alarm_id, exp, sig):
+            raise HTTPException(403, "this link is not valid or has expired")
+
+    @app.get("/verify/{alarm_id}", response_class=HTMLResponse, include_in_schema=False)
+    async def verify_page(alarm_id: str, exp: int, sig: str) -> HTMLResponse:
+        """The page a DC-09 x-data V link opens: the alarm and its pictures, no login (the
+        signed, expiring link is the credential); refreshes while pictures may still come."""
+        _check_link(alarm_id, exp, sig)
+        found = await rt.store.alarm(alarm_id)
+        if found is None:
+            raise HTTPException(404, "no such alarm")
+        row, _ = found
+        campus = next((c for c in rt.cfg.campuses if c.id == row.campus), None)
+        shots = await rt.store.evidence_for(alarm_id)
+        log.info("verification page of alarm %s opened", alarm_id)
+        q = f"exp={exp}&sig={html.escape(sig)}"
+        items = []
+        for e in shots:
+            cam = html.escape(e.camera)
+            when = aware(e.taken_at)
+            stamp = when.strftime("%Y-%m-%d %H:%M:%S UTC") if when else ""
+            if e.path:
+                items.append(
+                    f'<figure><img src="/verify/{alarm_id}/{e.id}?{q}" alt="{cam}">'
+                    f"<figcaption>{cam} #{e.shot} {stamp}</figcaption></figure>"
+                )
+            else:
+                items.append(
+                    f"<figure><figcaption>{cam}: no picture ({html.escape(e.error or '')})"
+                    "</figcaption></figure>"
+                )
+        title = f"{row.kind} {'(drill) ' if row.drill else ''}{row.location or ''}"
+        page = (
+            "<!doctype html><html><head><meta charset=utf-8>"
+            '<meta http-equiv="refresh" content="5">'
+            f"<title>{html.escape(title)}</title>"
+            "<style>body{font-family:sans-serif;margin:1em}img{max-width:100%}"
+            "figure{display:inline-block;margin:.5em;max-width:48%}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1>"
+            f"<p>{html.escape(campus.name if campus and campus.name else row.campus)}"
+            f" {html.escape(campus.address if campus else '')}</p>"
+            f"<p>{html.escape(row.text)} &middot; {aware(row.edge_ts)} &middot; {row.state}</p>"
+            + ("".join(items) or "<p>waiting for pictures&hellip;</p>")
+            + "</body></html>"
+        )
+        return HTMLResponse(page, headers={"Cache-Control": "private, no-store"})
+
+    @app.get("/verify/{alarm_id}/{evidence_id}", include_in_schema=False)
+    async def verify_picture(alarm_id: str, evidence_id: str, exp: int, sig: str) -> FileResponse:
+        _check_link(alarm_id, exp, sig)
+        row = await rt.store.evidence(evidence_id)
+        if row is None or row.event_id != alarm_id or row.path is None:
+            raise HTTPException(404, "no such picture")
+        return _picture(row.path)
 
     @app.get("/api/devices")
     async def devices(campus: str | None = None) -> list[dict[str, Any]]:

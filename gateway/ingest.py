@@ -14,8 +14,10 @@ from collections.abc import Callable
 
 from pydantic import ValidationError
 
+from contract import evidence as evidence_wire
 from contract import topics
 from contract.models import MAX_PAYLOAD_BYTES, DeviceStatus, EdgeState, Event, new_id, utcnow
+from gateway.evidence import EvidenceVault
 from gateway.relay.base import Sink
 from gateway.store.repo import ClaimedJob, Store
 
@@ -62,8 +64,10 @@ class Ingest:
         sinks: list[Sink],
         worker_id: str,
         dispatch: Callable[[ClaimedJob], None],
+        vault: EvidenceVault | None = None,
     ) -> None:
         self.store = store
+        self.vault = vault
         self.campuses = campuses
         self.sinks = sinks
         self.worker_id = worker_id
@@ -78,10 +82,12 @@ class Ingest:
         Returns ``(campus, event id)`` for an event that is now stored (new or a repeat): the
         campus gets a receipt for it.
         """
+        parsed = topics.parse_topic(topic)
+        if parsed is not None and parsed.kind == "evidence" and self.vault is not None:
+            return await self._evidence(topic, parsed.campus, payload, self.vault)
         if len(payload) > MAX_PAYLOAD_BYTES:
             self.reject("oversized", topic, f"{len(payload)} bytes")
             return None
-        parsed = topics.parse_topic(topic)
         if parsed is None or parsed.direction != "up":
             self.reject("unknown topic", topic)
             return None
@@ -129,6 +135,30 @@ class Ingest:
         else:
             await self.store.upsert_device_status(msg)
         return None
+
+    async def _evidence(
+        self, topic: str, campus: str, payload: bytes, vault: EvidenceVault
+    ) -> tuple[str, str] | None:
+        """A snapshot for an alarm: checked, on disk, recorded; then the edge gets a receipt."""
+        if campus not in self.campuses:
+            self.reject("unknown campus", topic, campus)
+            return None
+        limit = vault.cfg.max_bytes
+        if len(payload) > limit + evidence_wire.MAX_HEADER_BYTES + len(evidence_wire.MAGIC) + 1:
+            self.reject("oversized", topic, f"{len(payload)} bytes")
+            return None
+        try:
+            header, image = evidence_wire.decode(payload, max_image=limit)
+        except evidence_wire.EvidenceError as exc:
+            self.reject("invalid evidence", topic, str(exc))
+            return None
+        if header.campus != campus:
+            self.reject("campus mismatch", topic, f"payload says {header.campus}")
+            return None
+        if not await vault.store(self.store, header, image):
+            self.duplicates += 1
+        self.accepted["evidence"] += 1
+        return campus, header.id
 
     async def _path_change(self, st: EdgeState) -> None:
         """A campus edge that loses its uplink is a transmission-path fault at the centre."""

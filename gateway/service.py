@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from contract.aio import cancel_and_wait
 from contract.config import Dc09Path, GatewayConfig
 from contract.models import Event, new_id, utcnow
 from drivers.dc09.crypto import key_from_config
 from drivers.dc09.sender import DC09Sender, HealthCallback, PathConfig, SenderConfig
+from gateway.evidence import EvidenceVault
 from gateway.ingest import Ingest
 from gateway.mqtt import GatewayMqtt
 from gateway.relay.base import Sink
@@ -38,6 +40,7 @@ class GatewayRuntime:
     ingest: Ingest
     mqtt: GatewayMqtt
     workers: dict[str, RelayWorker]
+    vault: EvidenceVault
     paths: dict[str, PathHealth] = field(default_factory=dict)
     http_port: int | None = None
 
@@ -89,10 +92,11 @@ async def run_gateway(cfg: GatewayConfig) -> AsyncIterator[GatewayRuntime]:
                 if rt_ref:
                     _path_state(rt_ref[0], name, ok, reason)
 
+            vault = EvidenceVault(cfg.evidence, cfg.gateway.data_dir / "evidence")
             sender = _dc09_sender(cfg, on_health)
             if sender is not None and cfg.dc09 is not None:
                 await stack.enter_async_context(sender)
-                sinks.append(Dc09Sink(cfg.dc09, campuses, sender))
+                sinks.append(Dc09Sink(cfg.dc09, campuses, sender, link=vault.link_for))
             workers: dict[str, RelayWorker] = {}
             for sink in sinks:
                 workers[sink.name] = await stack.enter_async_context(
@@ -102,14 +106,16 @@ async def run_gateway(cfg: GatewayConfig) -> AsyncIterator[GatewayRuntime]:
             def dispatch(job: ClaimedJob) -> None:
                 workers[job.sink].submit(job)
 
-            ingest = Ingest(store, set(campuses), sinks, cfg.gateway.id, dispatch)
+            ingest = Ingest(store, set(campuses), sinks, cfg.gateway.id, dispatch, vault)
             mqtt = await stack.enter_async_context(
                 GatewayMqtt(cfg.mqtt, cfg.gateway.id, cfg.gateway.share_group, ingest, store)
             )
             for w in workers.values():
                 w.on_step = mqtt.wake_downlink.set
-            rt = GatewayRuntime(cfg, store, ingest, mqtt, workers)
+            rt = GatewayRuntime(cfg, store, ingest, mqtt, workers, vault)
             rt_ref.append(rt)
+            sweeper = asyncio.create_task(vault.run_sweeper(store), name="evidence-sweeper")
+            stack.push_async_callback(cancel_and_wait, [sweeper])
             if cfg.gateway.http is not None:
                 from gateway.app import serve_http
 

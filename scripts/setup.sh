@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what CampusGuard needs on Debian/Ubuntu: a virtualenv with the project, and for the
-# tests the distribution's Mosquitto, PostgreSQL and socat. Safe to run again; does only what is missing.
+# tests the distribution's Mosquitto, PostgreSQL, socat, GStreamer's RTSP server and ffmpeg.
+# Safe to run again; does only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,14 @@ if [ "$want_system" = "test" ]; then
     command -v socat >/dev/null 2>&1 || missing+=(socat)
     command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
         || missing+=(postgresql)
+    # The camera simulator's RTSP test stream: GStreamer's RTSP server for the system python3
+    # (-good: RTP payloaders and JPEG, -ugly: x264enc, -x: the clock overlay); ffmpeg to look.
+    for pkg in python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base \
+        gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-x; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' \
+            || missing+=("$pkg")
+    done
+    command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
     if [ ${#missing[@]} -gt 0 ]; then
         if [ "$(id -u)" = 0 ]; then
             echo "installing ${missing[*]} ..." >&2

@@ -9,9 +9,10 @@ Services (paths under the simulator's base URL):
 * ``/onvif/device_service``: GetSystemDateAndTime (no auth, the *simulated* clock),
   GetServices, GetCapabilities, GetDeviceInformation.
 * ``/onvif/media_service``: GetProfiles (H.264), GetStreamUri, GetSnapshotUri.
-* ``/onvif/event_service``: GetEventProperties, CreatePullPointSubscription.
+* ``/onvif/event_service``: GetEventProperties, CreatePullPointSubscription, Subscribe (push:
+  every event is POSTed as a ``wsnt:Notify`` to the ConsumerReference while it lives).
 * ``/onvif/subscription/<n>``: PullMessages (long-poll), Renew, Unsubscribe,
-  SetSynchronizationPoint.
+  SetSynchronizationPoint (the last three also for push subscriptions).
 * ``GET /snapshot.jpg``: a small JPEG behind HTTP Digest (or Basic) auth.
 
 Every SOAP call but GetSystemDateAndTime needs a WS-Security UsernameToken whose digest
@@ -21,7 +22,10 @@ Every SOAP call but GetSystemDateAndTime needs a WS-Security UsernameToken whose
 
 Faults are knobs on the instance (``clock_offset``, ``pull_delay``, ``pull_fail``,
 ``snapshot_fail``, ``subscription_cap``, :meth:`CameraSimulator.drop_subscriptions`) and
-events are injected with :meth:`CameraSimulator.emit`.
+events are injected with :meth:`CameraSimulator.emit`. With ``http_port`` the same knobs, event
+injection by kind (:meth:`CameraSimulator.inject`) and the state are on a small HTTP control API
+(:class:`simulators._control.ControlServer`, as for the Modbus simulators); with ``stream`` (a
+:class:`simulators.rtsp.RtspTestStream`) GetStreamUri answers a live RTSP test stream.
 """
 
 from __future__ import annotations
@@ -43,11 +47,16 @@ from types import TracebackType
 from typing import Literal, Self
 from xml.sax.saxutils import escape, quoteattr
 
+import httpx
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from ._control import ControlServer, Query, query_arg
+from ._control import Route as ControlRoute
+from .rtsp import RtspTestStream
 
 __all__ = ["SNAPSHOT_JPEG", "CameraSimulator", "Notification", "SnapshotFault"]
 
@@ -161,6 +170,8 @@ class _Subscription:
     terminates: dt.datetime
     queue: list[Notification] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # Push (WS-BaseNotification Subscribe): where Notify is POSTed; None for a pull point.
+    consumer: str | None = None
 
 
 class _Server(uvicorn.Server):
@@ -201,6 +212,45 @@ def _parse_datetime(text: str) -> dt.datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
+# kind -> (topic, data item, source item, default source); the topics drivers/onvif maps.
+_EVENT_KINDS: dict[str, tuple[str, str, str, str]] = {
+    "motion": (
+        "tns1:RuleEngine/CellMotionDetector/Motion",
+        "IsMotion",
+        "VideoSourceConfigurationToken",
+        "vsconf",
+    ),
+    "tamper": (
+        "tns1:RuleEngine/TamperDetector/Tamper",
+        "IsTamper",
+        "VideoSourceConfigurationToken",
+        "vsconf",
+    ),
+    "scene_change": (
+        "tns1:VideoSource/GlobalSceneChange/ImagingService",
+        "State",
+        "VideoSourceToken",
+        "VideoSourceToken",
+    ),
+    "video_loss": ("tns1:VideoSource/SignalLoss", "State", "VideoSource", "VideoSourceToken"),
+    "field_intrusion": (
+        "tns1:RuleEngine/FieldDetector/ObjectsInside",
+        "IsInside",
+        "Rule",
+        "field-1",
+    ),
+    "line_crossing": ("tns1:RuleEngine/LineDetector/Crossed", "ObjectId", "Rule", "line-1"),
+    "digital_input": ("tns1:Device/Trigger/DigitalInput", "LogicalState", "InputToken", "DI_0"),
+}
+
+
+def _flag(raw: str, name: str) -> bool:
+    text = raw.strip().lower()
+    if text not in ("0", "1", "true", "false"):
+        raise ValueError(f"{name} must be 0/1 or true/false, got {raw!r}")
+    return text in ("1", "true")
+
+
 class CameraSimulator:
     """A simulated ONVIF camera, an async context manager serving real HTTP.
 
@@ -210,7 +260,13 @@ class CameraSimulator:
         username: ONVIF and snapshot user.
         password: Its password.
         clock_offset: Seconds the camera clock is ahead of real UTC (negative: behind).
-        stream_uri: What GetStreamUri answers (an RTSP server run elsewhere).
+        stream_uri: What GetStreamUri answers (an RTSP server run elsewhere) when no
+            ``stream`` is attached.
+        stream: An :class:`~simulators.rtsp.RtspTestStream` (started by the caller):
+            GetStreamUri answers its URL.
+        http_port: Also serve the HTTP control endpoint on this port (0 = any free
+            one; ``None`` = none); see :meth:`_http_routes`.
+        http_host: Address for the HTTP control endpoint (default: ``host``).
         profiles: Number of H.264 media profiles, 1 or 2.
         max_skew: Seconds a WS-Security ``Created`` may differ from the camera clock.
         subscription_cap: Most live pull-point subscriptions; ``None``: no cap.
@@ -222,12 +278,15 @@ class CameraSimulator:
         pull_fail: PullMessages answers a SOAP Fault (``ter:Action``) while set.
         snapshot_fail: ``"401"``: the snapshot always refuses the credentials;
             ``"timeout"``: it never answers (until the simulator stops).
+        snapshot_delay: Seconds every snapshot takes before it answers (a slow camera).
         subscription_cap: See above; settable at run time.
         subscriptions_created: CreatePullPointSubscription calls that succeeded.
         pulls: PullMessages calls received (on live subscriptions or not).
         auth_failures: SOAP requests and snapshot fetches refused for bad credentials.
         snapshots: Snapshots served.
         requests: SOAP operations received, by name.
+        notifies_sent: Notify POSTs the consumer answered with 2xx (push subscriptions).
+        notify_failures: Notify POSTs refused or not delivered (the batch is lost).
     """
 
     def __init__(
@@ -246,6 +305,9 @@ class CameraSimulator:
         manufacturer: str = "CampusGuard",
         model: str = "SimCam 1",
         serial_number: str = "SIM-0001",
+        stream: RtspTestStream | None = None,
+        http_port: int | None = None,
+        http_host: str | None = None,
     ) -> None:
         """Configure the camera; nothing listens until entered."""
         if profiles not in (1, 2):
@@ -263,14 +325,25 @@ class CameraSimulator:
         self.manufacturer = manufacturer
         self.model = model
         self.serial_number = serial_number
+        self.stream = stream
+        self.http_port = http_port
+        self.http_host = http_host or host
+        self._http: ControlServer | None = None
+        self._password0 = password  # what POST /normal puts back
+        self._line_objects = itertools.count(1)
         self.pull_delay = 0.0
         self.pull_fail = False
         self.snapshot_fail: SnapshotFault | None = None
+        self.snapshot_delay = 0.0
         self.subscriptions_created = 0
         self.pulls = 0
         self.auth_failures = 0
         self.snapshots = 0
         self.requests: dict[str, int] = {}
+        self.notifies_sent = 0
+        self.notify_failures = 0
+        self._pushers: dict[int, asyncio.Task[None]] = {}
+        self._push_client: httpx.AsyncClient | None = None
         self._subs: dict[int, _Subscription] = {}
         self._sub_ids = itertools.count(1)
         # Last state per (topic, source): what SetSynchronizationPoint resends.
@@ -306,6 +379,15 @@ class CameraSimulator:
         self._closing.clear()
         self._main = asyncio.create_task(server.main_loop(), name="camera-sim")
         log.debug("Camera simulator listening on %s", self.base_url)
+        if self.http_port is not None:
+            self._http = ControlServer(
+                self._control_state, self._http_routes, fixed={"/state": ControlRoute("GET")}
+            )
+            try:
+                self.http_port = await self._http.start(self.http_host, self.http_port)
+            except BaseException:
+                await self.__aexit__(None, None, None)
+                raise
         return self
 
     async def __aexit__(
@@ -315,9 +397,13 @@ class CameraSimulator:
         tb: TracebackType | None,
     ) -> None:
         """Wake every long-poll and hanging snapshot, then stop the server."""
+        http, self._http = self._http, None
+        if http is not None:
+            await http.close()
         self._closing.set()
         for sub in self._subs.values():
             sub.wake.set()
+        await self._stop_pushers()
         server, self._server = self._server, None
         if server is None:
             return
@@ -392,6 +478,116 @@ class CameraSimulator:
             "requests": dict(self.requests),
         }
 
+    # ------------------------------------------------------------------ HTTP control
+
+    def inject(self, kind: str, active: bool = True, source: str | None = None) -> Notification:
+        """Raise one of the events a campus cares about by its kind, on its standard topic.
+
+        Args:
+            kind: ``motion``, ``tamper``, ``scene_change``, ``video_loss``,
+                ``field_intrusion``, ``line_crossing`` (a pulse: ``active`` is ignored)
+                or ``digital_input`` (a panic button wired to the camera).
+            active: The state now (``False``: it ended).
+            source: What raised it: the input token for ``digital_input`` (default
+                ``DI_0``), the rule for intrusion and line crossing, else the video source.
+
+        Raises:
+            ValueError: Unknown kind.
+        """
+        spec = _EVENT_KINDS.get(kind)
+        if spec is None:
+            raise ValueError(f"kind must be one of {', '.join(_EVENT_KINDS)}")
+        topic, item, source_key, default_source = spec
+        if kind == "line_crossing":
+            value = str(next(self._line_objects))  # ObjectId: each message is one crossing
+        else:
+            value = "true" if active else "false"
+        return self.emit(topic, {item: value}, {source_key: source or default_source})
+
+    def set_faults(self, query: Query) -> None:
+        """Set the fault knobs named in ``query`` (HTTP names; see :meth:`_http_routes`).
+
+        Raises:
+            ValueError: No knob named, or a value that does not fit it.
+        """
+        knobs = {
+            "clock_offset",
+            "pull_delay",
+            "pull_fail",
+            "snapshot",
+            "snapshot_delay",
+            "subscription_cap",
+            "password",
+        }
+        if not knobs & query.keys():
+            raise ValueError(f"name at least one of {', '.join(sorted(knobs))}")
+        if "clock_offset" in query:
+            self.clock_offset = float(query["clock_offset"])
+        if "pull_delay" in query:
+            self.pull_delay = max(0.0, float(query["pull_delay"]))
+        if "pull_fail" in query:
+            self.pull_fail = _flag(query["pull_fail"], "pull_fail")
+        if "snapshot" in query:
+            mode = query["snapshot"].strip().lower()
+            if mode not in ("401", "timeout", "ok", "none", ""):
+                raise ValueError("snapshot must be 401, timeout or ok")
+            faults: dict[str, SnapshotFault] = {"401": "401", "timeout": "timeout"}
+            self.snapshot_fail = faults.get(mode)
+        if "snapshot_delay" in query:
+            self.snapshot_delay = max(0.0, float(query["snapshot_delay"]))
+        if "subscription_cap" in query:
+            cap = query["subscription_cap"].strip().lower()
+            self.subscription_cap = None if cap in ("", "none") else max(0, int(cap))
+        if "password" in query:
+            if not query["password"]:
+                raise ValueError("password must not be empty")
+            self.password = query["password"]  # clients with the old one get NotAuthorized
+
+    def clear_faults(self) -> None:
+        """Back to a healthy camera: clock right, pulls and snapshots normal, no cap, the
+        password it started with."""
+        self.clock_offset = 0.0
+        self.pull_delay = 0.0
+        self.pull_fail = False
+        self.snapshot_fail = None
+        self.snapshot_delay = 0.0
+        self.subscription_cap = None
+        self.password = self._password0
+
+    def _control_state(self) -> dict[str, object]:
+        """``GET /state``: :meth:`snapshot` plus what the control API and stream add."""
+        return {
+            **self.snapshot(),
+            "username": self.username,
+            "password_changed": self.password != self._password0,
+            "snapshot_delay": self.snapshot_delay,
+            "stream_uri": self.stream.url if self.stream is not None else self.stream_uri,
+            "stream_codec": None if self.stream is None else self.stream.codec,
+            "http_port": self.http_port,
+        }
+
+    def _http_routes(self, query: Query) -> dict[str, ControlRoute]:
+        """The control endpoints (``GET /state`` is answered before this runs):
+
+        * ``POST /event?kind=<kind>&active=1&source=DI_0``: :meth:`inject`.
+        * ``POST /drop``: forget every subscription (a camera reboot).
+        * ``POST /fault?<knob>=<value>...``: :meth:`set_faults`; knobs ``clock_offset``
+          (s), ``pull_delay`` (s), ``pull_fail`` (0/1), ``snapshot`` (401, timeout, ok),
+          ``snapshot_delay`` (s), ``subscription_cap`` (n or none), ``password``.
+        * ``POST /normal``: :meth:`clear_faults`.
+        """
+
+        def event() -> None:
+            active = _flag(query_arg(query, "active", "1"), "active")
+            self.inject(query_arg(query, "kind"), active, query.get("source") or None)
+
+        return {
+            "/event": ControlRoute("POST", event),
+            "/drop": ControlRoute("POST", self.drop_subscriptions),
+            "/fault": ControlRoute("POST", lambda: self.set_faults(query)),
+            "/normal": ControlRoute("POST", self.clear_faults),
+        }
+
     # ------------------------------------------------------------------ HTTP
 
     def _app(self) -> Starlette:
@@ -453,6 +649,7 @@ class CameraSimulator:
             ("media", "GetSnapshotUri"): self._get_snapshot_uri,
             ("events", "GetEventProperties"): self._get_event_properties,
             ("events", "CreatePullPointSubscription"): self._create_pull_point,
+            ("events", "Subscribe"): self._subscribe_push,
             ("subscription", "PullMessages"): self._pull_messages,
             ("subscription", "Renew"): self._renew,
             ("subscription", "Unsubscribe"): self._unsubscribe,
@@ -610,7 +807,8 @@ class CameraSimulator:
 
     async def _get_stream_uri(self, op: ET.Element, request: Request) -> str:
         self._check_profile(op)
-        return self._media_uri("GetStreamUriResponse", self.stream_uri)
+        uri = self.stream.url if self.stream is not None else self.stream_uri
+        return self._media_uri("GetStreamUriResponse", uri)
 
     async def _get_snapshot_uri(self, op: ET.Element, request: Request) -> str:
         self._check_profile(op)
@@ -660,7 +858,8 @@ class CameraSimulator:
     def _subscription_address(self, ident: int) -> str:
         return f"{self.base_url}/onvif/subscription/{ident}"
 
-    async def _create_pull_point(self, op: ET.Element, request: Request) -> str:
+    def _check_cap(self) -> None:
+        """The cap counts pull-point and push subscriptions together."""
         self._expire()
         if self.subscription_cap is not None and len(self._subs) >= self.subscription_cap:
             # What cameras with a subscription cap answer (Axis, Hikvision word it alike).
@@ -669,6 +868,9 @@ class CameraSimulator:
                 "too many subscriptions",
                 "ter:TooManySubscriptions",
             )
+
+    async def _create_pull_point(self, op: ET.Element, request: Request) -> str:
+        self._check_cap()
         now = self.now()
         terminates = self._termination(op.findtext("tev:InitialTerminationTime", None, NS), now)
         sub = _Subscription(next(self._sub_ids), terminates)
@@ -783,6 +985,98 @@ class CameraSimulator:
         sub.wake.set()
         return "<tev:SetSynchronizationPointResponse/>"
 
+    # ------------------------------------------------------------------ push (Notify)
+
+    @property
+    def push_subscriptions(self) -> int:
+        """Push (Subscribe) subscriptions alive now; also counted in active_subscriptions."""
+        self._expire()
+        return sum(1 for sub in self._subs.values() if sub.consumer is not None)
+
+    async def _subscribe_push(self, op: ET.Element, request: Request) -> str:
+        """WS-BaseNotification Subscribe: POST a wsnt:Notify to ConsumerReference for every
+        event while the subscription lives; Renew/Unsubscribe on its manager address."""
+        self._check_cap()
+        consumer = (op.findtext("wsnt:ConsumerReference/wsa:Address", "", NS) or "").strip()
+        if not consumer.startswith(("http://", "https://")):
+            raise _sender_fault("ter:InvalidArgVal", f"bad ConsumerReference {consumer!r}")
+        now = self.now()
+        terminates = self._termination(op.findtext("wsnt:InitialTerminationTime", None, NS), now)
+        sub = _Subscription(next(self._sub_ids), terminates, consumer=consumer)
+        self._subs[sub.ident] = sub
+        self.subscriptions_created += 1
+        self._pushers[sub.ident] = asyncio.create_task(
+            self._push(sub), name=f"camera-sim-notify-{sub.ident}"
+        )
+        return (
+            "<wsnt:SubscribeResponse><wsnt:SubscriptionReference>"
+            f"<wsa:Address>{escape(self._subscription_address(sub.ident))}</wsa:Address>"
+            "</wsnt:SubscriptionReference>"
+            f"<wsnt:CurrentTime>{_xml_datetime(now)}</wsnt:CurrentTime>"
+            f"<wsnt:TerminationTime>{_xml_datetime(terminates)}</wsnt:TerminationTime>"
+            "</wsnt:SubscribeResponse>"
+        )
+
+    def _live(self, sub: _Subscription) -> bool:
+        self._expire()
+        return not self._closing.is_set() and self._subs.get(sub.ident) is sub
+
+    async def _push(self, sub: _Subscription) -> None:
+        """Send the subscription's queue as Notify POSTs, in order, while it lives.
+
+        A consumer that does not answer 2xx loses that batch (counted in
+        :attr:`notify_failures`); like cameras, the subscription stays until it expires.
+        """
+        assert sub.consumer is not None
+        if self._push_client is None:
+            self._push_client = httpx.AsyncClient(timeout=5.0, trust_env=False)
+        client = self._push_client
+        try:
+            while self._live(sub):
+                if not sub.queue:
+                    sub.wake.clear()
+                    remaining = (sub.terminates - self.now()).total_seconds()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(max(remaining, 0.01)):
+                            await sub.wake.wait()
+                    continue
+                batch, sub.queue[:] = sub.queue[:100], sub.queue[100:]
+                envelope = (
+                    f'<?xml version="1.0" encoding="UTF-8"?>\n<env:Envelope {_XMLNS}>'
+                    "<env:Header><wsa:Action>http://docs.oasis-open.org/wsn/bw-2/"
+                    "NotificationConsumer/Notify</wsa:Action></env:Header>"
+                    "<env:Body><wsnt:Notify>"
+                    + "".join(self._notification(sub, note) for note in batch)
+                    + "</wsnt:Notify></env:Body></env:Envelope>"
+                )
+                try:
+                    answer = await client.post(
+                        sub.consumer, content=envelope.encode(), headers={"Content-Type": _SOAP_CT}
+                    )
+                except httpx.HTTPError as exc:
+                    self.notify_failures += 1
+                    log.debug("Notify to %s failed: %s", sub.consumer, exc)
+                    continue
+                if 200 <= answer.status_code < 300:
+                    self.notifies_sent += 1
+                else:
+                    self.notify_failures += 1
+                    log.debug("Notify to %s: HTTP %d", sub.consumer, answer.status_code)
+        finally:
+            self._pushers.pop(sub.ident, None)
+
+    async def _stop_pushers(self) -> None:
+        pushers = list(self._pushers.values())
+        for task in pushers:
+            task.cancel()
+        for task in pushers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._pushers.clear()
+        client, self._push_client = self._push_client, None
+        if client is not None:
+            await client.aclose()
+
     # ------------------------------------------------------------------ snapshot
 
     async def _snapshot(self, request: Request) -> Response:
@@ -791,6 +1085,8 @@ class CameraSimulator:
             await self._closing.wait()
             return Response(b"", status_code=503)
         if self.snapshot_fail != "401" and self._http_auth_ok(request):
+            if self.snapshot_delay > 0:
+                await asyncio.sleep(self.snapshot_delay)  # a slow camera (simulated latency)
             self.snapshots += 1
             return Response(SNAPSHOT_JPEG, media_type="image/jpeg")
         if request.headers.get("authorization"):
@@ -860,3 +1156,69 @@ def _fault_body(fault: _SoapFault) -> str:
         f'<env:Reason><env:Text xml:lang="en">{escape(fault.reason)}</env:Text></env:Reason>'
         "</env:Fault>"
     )
+
+
+async def run_camera_sim(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    username: str = "admin",
+    password: str = "campus-cam-pw",
+    http_port: int | None = 8023,
+    http_host: str | None = None,
+    name: str = "sim-camera",
+    rtsp: bool = True,
+    rtsp_port: int = 8554,
+    rtsp_path: str = "cam",
+    codec: Literal["auto", "h264", "mjpeg"] = "auto",
+    started: Callable[[CameraSimulator], None] | None = None,
+) -> None:
+    """Run a simulated camera until cancelled (for ``campusguard sim camera``).
+
+    Args:
+        host: Address to bind (ONVIF, RTSP and, by default, HTTP control).
+        port: ONVIF HTTP port (0 = any free port).
+        username: ONVIF and snapshot user.
+        password: Its password.
+        http_port: HTTP control port, ``None`` = no HTTP control (0 = any free port).
+        http_host: Address for HTTP control (default: ``host``).
+        name: Shown in the video next to the clock, and in the log.
+        rtsp: Serve the RTSP test stream; without GStreamer the camera runs without it
+            (GetStreamUri answers a placeholder) and one warning names the packages.
+        rtsp_port: RTSP port (0 = any free port).
+        rtsp_path: RTSP mount path.
+        codec: ``auto`` (H.264 if an encoder is installed), ``h264`` or ``mjpeg``.
+        started: Called once listening, with the simulator (ports and stream filled in).
+    """
+    from .rtsp import RtspUnavailable
+
+    async with contextlib.AsyncExitStack() as stack:
+        stream: RtspTestStream | None = None
+        if rtsp:
+            try:
+                stream = await stack.enter_async_context(
+                    RtspTestStream(host, rtsp_port, rtsp_path, codec=codec, label=name)
+                )
+            except RtspUnavailable as exc:
+                log.warning("camera %s: RTSP stream off: %s", name, exc)
+        sim = await stack.enter_async_context(
+            CameraSimulator(
+                host,
+                port,
+                username=username,
+                password=password,
+                stream=stream,
+                http_port=http_port,
+                http_host=http_host,
+            )
+        )
+        log.info(
+            "Camera simulator %s: ONVIF %s, RTSP %s, HTTP control %s",
+            name,
+            sim.base_url,
+            "off" if stream is None else f"{stream.url} ({stream.codec})",
+            "off" if sim.http_port is None else f"on port {sim.http_port}",
+        )
+        if started is not None:
+            started(sim)
+        await asyncio.Event().wait()

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import Mosquitto, Postgres
+from tests.influx import Influx
 
 
 @pytest.fixture
@@ -46,3 +47,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite+aiosqlite:///{tmp_path}/gw/campusguard.db"
     server: Postgres = request.getfixturevalue("postgres_server")
     return server.create_database(f"cg_test_{next(_db_numbers)}")
+
+
+@pytest.fixture
+def influx(tmp_path: Path) -> Iterator[Influx]:
+    """A real InfluxDB 1.x (Debian's influxd) on free ports with database ``telemetry``."""
+    server = Influx(tmp_path / "influxdb")
+    server.start()
+    server.create_database()
+    try:
+        yield server
+    finally:
+        server.stop()

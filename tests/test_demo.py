@@ -38,5 +38,12 @@ def test_demo_runs_and_stops_cleanly(tmp_path: Path) -> None:
     assert "police_received via primary" in out
     assert re.search(r"campusguard(\.cli)? sim press 1 --url http://127\.0\.0\.1:\d+", out)
     assert "demo stopped: alarms at the police: 2" in out
+    # The camera over the guard room: online at the centre (its retained device status), its
+    # test stream served, and its tamper event raised for the guard, not the police.
+    assert "camera cam-guardroom is online at the centre (its retained device status" in out
+    assert re.search(r"camera \(ONVIF sim\) +http://127\.0\.0\.1:\d+/onvif/device_service", out)
+    assert re.search(r"RTSP rtsp://127\.0\.0\.1:\d+/guardroom \((h264|mjpeg)\)", out)
+    assert re.search(r"the edge raised camera_tamper \w+ for the guard", out)
+    assert "curl -X POST 'http://127.0.0.1:" in out and "/event?kind=field_intrusion" in out
     assert (tmp_path / "police-received.jsonl").read_text().count("1120 01 001") == 1
     assert "Traceback" not in proc.stderr

@@ -1,11 +1,13 @@
-"""ONVIF camera driver (onvif-zeep-async): device, media, snapshots and pull-point events.
+"""ONVIF camera driver (onvif-zeep-async): device, media, snapshots, pull-point and push events.
 
 Layers, lowest first:
 
 * :mod:`.topics` -- pure mapping of event topics to :class:`CameraEvent` (no I/O);
 * :mod:`.errors` -- the exception tree and the translation of library exceptions;
 * :mod:`.camera` -- :class:`OnvifCamera`: connection, device information, media, snapshots;
-* :mod:`.events` -- :class:`PullPointSubscriber`: the event subscription state machine.
+* :mod:`.events` -- :class:`PullPointSubscriber`: the event subscription state machine;
+* :mod:`.notify` -- :class:`NotifySubscriber` and :class:`NotifyListener`: the same events
+  pushed by the camera (WS-BaseNotification Notify) instead of pulled.
 """
 
 from .camera import DeviceInfo, OnvifCamera, Profile
@@ -16,7 +18,14 @@ from .errors import (
     CameraTimeout,
     CameraUnreachable,
 )
-from .events import PullPointSubscriber, SubscriberHealth, SubscriberState, SubscriberTiming
+from .events import (
+    EventSubscriber,
+    PullPointSubscriber,
+    SubscriberHealth,
+    SubscriberState,
+    SubscriberTiming,
+)
+from .notify import NotifyListener, NotifySubscriber
 from .topics import CameraEvent, EventKind, UnknownTopicLog, map_event
 
 __all__ = [
@@ -28,6 +37,9 @@ __all__ = [
     "CameraUnreachable",
     "DeviceInfo",
     "EventKind",
+    "EventSubscriber",
+    "NotifyListener",
+    "NotifySubscriber",
     "OnvifCamera",
     "Profile",
     "PullPointSubscriber",

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+import aiohttp
+
 from . import _lib
-from .errors import CameraProtocolError, boundary
+from .errors import CameraAuthError, CameraProtocolError, boundary
 
 __all__ = ["DEFAULT_TIMEOUT_S", "DeviceInfo", "OnvifCamera", "Profile"]
 
@@ -87,6 +90,8 @@ class OnvifCamera:
         self._username = username
         self._password = password
         self._cam: Any = None
+        self._snapshot_uris: dict[str, str] = {}
+        self._http: aiohttp.ClientSession | None = None
 
     @property
     def name(self) -> str:
@@ -124,8 +129,12 @@ class OnvifCamera:
             raise
 
     async def close(self) -> None:
-        """Close the library's HTTP sessions; safe to call twice."""
+        """Close the library's and the snapshot HTTP sessions; safe to call twice."""
         cam, self._cam = self._cam, None
+        http, self._http = self._http, None
+        self._snapshot_uris.clear()
+        if http is not None:
+            await http.close()
         if cam is not None:
             await cam.close()
 
@@ -216,25 +225,58 @@ class OnvifCamera:
         return uri
 
     async def snapshot(self, profile_token: str) -> bytes:
-        """A JPEG from the profile's snapshot URI (HTTP digest auth).
+        """A JPEG from the profile's snapshot URI (HTTP digest or basic auth).
+
+        The URI is asked once per profile (GetSnapshotUri) and cached until :meth:`close` or
+        until the URL answers 404; the picture is then one GET (two with the digest
+        challenge), all within ``timeout``. We do not use the library's ``get_snapshot``: it
+        swallows a GetSnapshotUri fault, and asking for the URI ourselves first made every
+        snapshot cost two GetSnapshotUri calls.
 
         Raises:
             CameraAuthError: 401 from the snapshot URL.
             CameraTimeout: No picture within ``timeout``.
             CameraProtocolError: No snapshot URI, or an HTTP error status.
         """
-        # Check the URI ourselves first: the library swallows a GetSnapshotUri fault.
-        await self.snapshot_uri(profile_token)
+        uri = self._snapshot_uris.get(profile_token)
+        if uri is None:
+            uri = await self.snapshot_uri(profile_token)
+            self._snapshot_uris[profile_token] = uri
+        image = await self.call("snapshot", lambda: self._fetch(profile_token, uri))
+        return image
 
-        async def get() -> bytes | None:
-            image: bytes | None = await self.lib.get_snapshot(profile_token, timeout=self.timeout)
-            return image
+    async def _fetch(self, profile_token: str, uri: str) -> bytes:
+        """GET the snapshot URL: digest first (the ONVIF norm), basic when that is asked."""
+        url = self.lib.rewrite_url(uri) or uri
+        parts = urllib.parse.urlsplit(url)
+        username = urllib.parse.unquote(parts.username or "") or self._username
+        password = urllib.parse.unquote(parts.password or "") or self._password
+        if parts.username is not None:  # credentials in the URL: send them as auth instead
+            netloc = parts.hostname or ""
+            netloc = f"[{netloc}]" if ":" in netloc else netloc
+            netloc += f":{parts.port}" if parts.port else ""
+            url = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+        if self._http is None:
+            self._http = aiohttp.ClientSession(trust_env=False)
+        digest = aiohttp.DigestAuthMiddleware(username, password)
+        async with self._http.get(url, middlewares=(digest,)) as response:
+            challenge = response.headers.get("WWW-Authenticate", "")
+            if response.status != 401 or not challenge.lower().startswith("basic"):
+                return await self._image(profile_token, response)
+        basic = {"Authorization": aiohttp.encode_basic_auth(username, password)}
+        async with self._http.get(url, headers=basic) as response:
+            return await self._image(profile_token, response)
 
-        # The library bounds each request by timeout; the outer bound covers the digest
-        # round trip and the body read together.
-        image = await self.call("snapshot", get, bound_s=self.timeout * 2 + 1)
+    async def _image(self, profile_token: str, response: aiohttp.ClientResponse) -> bytes:
+        if response.status in (401, 403):
+            raise CameraAuthError(self.name, "snapshot", "credentials refused")
+        if response.status == 404:
+            self._snapshot_uris.pop(profile_token, None)  # ask for the URI again next time
+        if response.status >= 300:
+            raise CameraProtocolError(self.name, "snapshot", f"HTTP {response.status}")
+        image = await response.read()
         if not image:
-            raise CameraProtocolError(self.name, "snapshot", "no image (HTTP error status)")
+            raise CameraProtocolError(self.name, "snapshot", "empty image")
         return image
 
     def _parsing(self, action: str) -> _Parsing:

@@ -11,11 +11,31 @@ States (:class:`SubscriberState`):
 
 Only transitions are logged, not each failed attempt. The topic mapping is the pure
 :func:`~.topics.map_event`; this module does the I/O.
+
+:class:`EventSubscriber` is what the pull-point subscriber here and the push (Notify) subscriber
+in :mod:`.notify` share: the states, health, back-off, the loop that recreates a lost
+subscription, the parsing of a ``wsnt:NotificationMessage`` into a :class:`CameraEvent` and its
+delivery. A subclass says how to subscribe, how to wait while the subscription lives, and how
+to remove it.
+
+Shutdown removes whatever exists on the camera at that moment, including a subscription whose
+creation was still in flight: the create call runs in its own task, shielded from the
+cancellation, and shutdown waits for its answer (bounded by ``unsubscribe_timeout_s``) so it
+can unsubscribe it.
+
+Topics outside our own mapping are named with ``onvif-parsers`` (the parser set Home Assistant
+uses) in the once-per-topic log line, so a site engineer sees "Image Too Bright" or "Storage
+Failure" rather than a bare topic. Our tested map stays the only source of the kinds we turn
+into events: onvif-parsers matches exact ``tns1:`` topic strings only (a camera that uses
+another prefix or a vendor namespace falls through), reads the first ``SimpleItem`` positionally
+rather than by name, and returns Home Assistant entity classes (``binary_sensor``/``motion``),
+not the alarm semantics (digital input vs motion vs tamper) the edge needs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import enum
 import logging
@@ -40,12 +60,15 @@ __all__ = [
     "SUBSCRIPTION_TERM",
     "CameraEvent",
     "EventKind",
+    "EventSubscriber",
     "PullPointSubscriber",
     "SubscriberHealth",
     "SubscriberState",
     "SubscriberTiming",
     "UnknownTopicLog",
+    "describe_topic",
     "map_event",
+    "message_fields",
     "parse_bool",
 ]
 
@@ -110,10 +133,12 @@ class SubscriberHealth:
         state: Current state.
         subscription_alive: A subscription exists on the camera (as far as we know).
         last_event_at: Wall-clock time of the last event delivered.
-        last_pull_at: Wall-clock time of the last successful PullMessages.
+        last_pull_at: Wall-clock time the camera was last heard from: the last successful
+            PullMessages (pull), or the last Notify or Renew (push).
         consecutive_failures: Failures since the last success.
         failures: All failures so far.
-        subscriptions_created: CreatePullPointSubscription calls that succeeded.
+        subscriptions_created: CreatePullPointSubscription (or Subscribe) calls that
+            succeeded.
         last_error: The last failure, as text.
         events_dropped: Events dropped because the iterator's queue was full.
     """
@@ -141,10 +166,17 @@ def _simple_items(container: Any) -> dict[str, str]:
     }
 
 
-def _message_fields(
+def message_fields(
     message: Any,
 ) -> tuple[str, dict[str, str], dict[str, str], dt.datetime | None, bool]:
-    """topic, data, source, utc time, initialized; from a zeep NotificationMessage."""
+    """topic, data, source, utc time, initialized; from a zeep ``wsnt:NotificationMessage``.
+
+    The same zeep objects come out of a PullMessages answer and out of a ``wsnt:Notify`` body
+    parsed with the event WSDL's types (see :mod:`.notify`), so both paths share this.
+
+    Raises:
+        AttributeError: Not a NotificationMessage.
+    """
     topic = str(getattr(message.Topic, "_value_1", "") or "")
     body = getattr(message.Message, "_value_1", None)
     data = _simple_items(getattr(body, "Data", None))
@@ -160,18 +192,53 @@ def _message_fields(
     )
 
 
-class PullPointSubscriber:
-    """Events from one camera, as an async context manager that owns its polling task.
+_message_fields = message_fields  # the old private name
 
-    Deliver to ``on_event`` (sync or async), or, without it, iterate:
-    ``async for event in subscriber``. Leaving the context cancels the poll and
-    unsubscribes.
+
+def _onvif_parsers_topic(topic: str) -> str:
+    """onvif-parsers keys its registry on ``tns1:`` topics: map another prefix of the first
+    segment to ``tns1:`` (``tt:Device/Trigger/DigitalInput`` -> ``tns1:Device/...``)."""
+    first, sep, rest = topic.strip().partition("/")
+    return f"tns1:{first.rpartition(':')[2]}{sep}{rest}"
+
+
+async def describe_topic(topic: str, uid: str, message: Any) -> str | None:
+    """What onvif-parsers calls this message (``"Image Too Bright (binary_sensor/problem)
+    = True"``), or ``None`` when it has no parser for the topic or its parser fails."""
+    import onvif_parsers  # imported late: it imports the onvif library (see _lib)
+
+    for candidate in dict.fromkeys((topic, _onvif_parsers_topic(topic))):
+        try:
+            entities = await onvif_parsers.parse(candidate, uid, message)
+        except onvif_parsers.errors.UnknownTopicError:
+            continue
+        except Exception:  # a third-party parser on a camera's message: never fatal
+            return None
+        parts = [
+            f"{e.name} ({e.platform}{'/' + e.device_class if e.device_class else ''}) = {e.value}"
+            for e in entities
+        ]
+        return "; ".join(parts) or None
+    return None
+
+
+class EventSubscriber:
+    """What the pull-point and the push subscriber share (see the module docstring).
+
+    An async context manager that owns its task. Deliver to ``on_event`` (sync or async), or,
+    without it, iterate: ``async for event in subscriber``. Leaving the context cancels the
+    task and unsubscribes.
+
+    Subclasses implement :meth:`_subscribe`, :meth:`_until_lost`, :meth:`_unsubscribe` and
+    :meth:`_alive`.
 
     Args:
         camera: A connected :class:`OnvifCamera`.
         on_event: Called for each mapped event; exceptions in it are logged, not fatal.
         timing: Timing constants.
     """
+
+    _task_prefix = "onvif-events"
 
     def __init__(
         self,
@@ -188,8 +255,6 @@ class PullPointSubscriber:
         self._queue: asyncio.Queue[CameraEvent | None] = asyncio.Queue(EVENT_QUEUE_SIZE)
         self._task: asyncio.Task[None] | None = None
         self._state = SubscriberState.STOPPED
-        self._pullpoint: Any = None
-        self._subscription: Any = None
         self._renew_at = 0.0
         self._consecutive = 0
         self._failures = 0
@@ -198,13 +263,15 @@ class PullPointSubscriber:
         self._last_error: str | None = None
         self._last_event_at: float | None = None
         self._last_pull_at: float | None = None
-        self._state_changed = asyncio.Event()
+        self._pending_create: asyncio.Task[Any] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> Self:
-        """Start the polling task (it subscribes in the background)."""
-        self._task = asyncio.create_task(self._run(), name=f"onvif-events-{self.camera.name}")
+        """Start the task (it subscribes in the background)."""
+        self._task = asyncio.create_task(
+            self._run(), name=f"{self._task_prefix}-{self.camera.name}"
+        )
         return self
 
     async def __aexit__(
@@ -213,11 +280,15 @@ class PullPointSubscriber:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        """Stop polling, unsubscribe (bounded), end the iterator."""
+        """Stop, unsubscribe (bounded), end the iterator."""
         await self.shutdown()
 
     async def shutdown(self) -> None:
-        """Cancel the poll and remove the subscription from the camera; idempotent."""
+        """Cancel the task and remove the subscription from the camera; idempotent.
+
+        Whatever subscription exists at that moment is removed, also one being created or
+        recreated right now (see the module docstring).
+        """
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -226,6 +297,7 @@ class PullPointSubscriber:
             except asyncio.CancelledError:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():
+                    await self._unsubscribe()  # best effort even when we are cancelled
                     raise  # we are being cancelled too: let it through
         await self._unsubscribe()
         self._transition(SubscriberState.STOPPED, "shut down")
@@ -256,7 +328,7 @@ class PullPointSubscriber:
         """A snapshot for telemetry."""
         return SubscriberHealth(
             state=self._state,
-            subscription_alive=self._subscription is not None,
+            subscription_alive=self._alive(),
             last_event_at=self._last_event_at,
             last_pull_at=self._last_pull_at,
             consecutive_failures=self._consecutive,
@@ -275,6 +347,23 @@ class PullPointSubscriber:
         )
         self._state = state
 
+    # ------------------------------------------------------------------ for subclasses
+
+    def _alive(self) -> bool:
+        raise NotImplementedError
+
+    async def _subscribe(self) -> None:
+        """Create the subscription (and count it in ``_created``)."""
+        raise NotImplementedError
+
+    async def _until_lost(self) -> None:
+        """Keep the subscription alive; return never, raise CameraError when it is lost."""
+        raise NotImplementedError
+
+    async def _unsubscribe(self) -> None:
+        """Remove whatever subscription exists (best effort, bounded); forget it."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------ the loop
 
     async def _run(self) -> None:
@@ -283,11 +372,11 @@ class PullPointSubscriber:
                 await self._subscribe()
                 if self._consecutive == 0:
                     self._transition(SubscriberState.STARTED, "subscribed")
-                await self._pull_until_lost()
+                await self._until_lost()
             except CameraError as exc:
                 await self._drop_subscription()
                 await asyncio.sleep(self._failed(exc))
-            except Exception as exc:  # the poll boundary: a bug must not end event delivery
+            except Exception as exc:  # the boundary: a bug must not end event delivery
                 log.exception("Camera %s events: unexpected error", self.camera.name)
                 await self._drop_subscription()
                 await asyncio.sleep(self._failed(exc))
@@ -316,6 +405,104 @@ class PullPointSubscriber:
         self._last_pull_at = time.time()
         self._transition(SubscriberState.STARTED, "events flowing")
 
+    def _schedule_renewal(self, answer: Any) -> None:
+        term_s = self.timing.term.total_seconds()
+        current = getattr(answer, "CurrentTime", None)
+        termination = getattr(answer, "TerminationTime", None)
+        if isinstance(current, dt.datetime) and isinstance(termination, dt.datetime):
+            granted = (termination - current).total_seconds()
+            if 0 < granted < term_s:  # the camera may grant less than asked
+                term_s = granted
+        self._renew_at = time.monotonic() + term_s * self.timing.renew_at_fraction
+
+    async def _create_shielded(self, action: str, create: Callable[[], Awaitable[Any]]) -> Any:
+        """Run a subscription-creating call in its own task, shielded from our cancellation.
+
+        If we are cancelled (shutdown) while it is in flight, the task is left in
+        ``_pending_create`` for :meth:`_settle_pending` to finish and unsubscribe.
+        """
+        task = asyncio.create_task(self.camera.call(action, create))
+        self._pending_create = task
+        try:
+            result = await asyncio.shield(task)
+        except Exception:
+            self._pending_create = None
+            raise
+        self._pending_create = None
+        return result
+
+    async def _settle_pending(self) -> Any:
+        """The answer of a create call still in flight at shutdown (bounded), or ``None``."""
+        pending, self._pending_create = self._pending_create, None
+        if pending is None or pending.cancelled():
+            return None
+        try:
+            async with asyncio.timeout(self.timing.unsubscribe_timeout_s):
+                return await pending
+        except (CameraError, TimeoutError):
+            return None
+        except Exception:  # shutdown must finish; the subscription expires by itself
+            log.exception("Camera %s: subscription create failed at shutdown", self.camera.name)
+            return None
+
+    async def _deliver(self, message: Any) -> None:
+        try:
+            topic, data, source, utc, initialized = message_fields(message)
+        except AttributeError:
+            log.debug("Camera %s: malformed notification skipped", self.camera.name)
+            return
+        event = map_event(topic, data, source)
+        if event is None:
+            if topic not in self.unknown_topics.seen:
+                description = await describe_topic(topic, self.camera.name, message)
+                self.unknown_topics.note(topic, description)
+            else:
+                self.unknown_topics.note(topic)
+            return
+        event = event.with_message(utc, initialized)
+        self._last_event_at = time.time()
+        if self._on_event is None:
+            if self._queue.full():
+                self._queue.get_nowait()
+                self._dropped += 1
+                if self._dropped == 1:
+                    log.warning("Camera %s: event queue full, dropping oldest", self.camera.name)
+            self._queue.put_nowait(event)
+            return
+        try:
+            result = self._on_event(event)
+            if result is not None:
+                await result
+        except Exception:  # the consumer's bug must not stop the subscription
+            log.exception("Camera %s: event callback failed", self.camera.name)
+
+    async def _drop_subscription(self) -> None:
+        """Remove a subscription we are giving up on, so it does not count against a cap."""
+        await self._unsubscribe()
+
+
+class PullPointSubscriber(EventSubscriber):
+    """Events from one camera over a pull-point subscription (long-polled PullMessages).
+
+    See :class:`EventSubscriber` for the interface.
+    """
+
+    def __init__(
+        self,
+        camera: OnvifCamera,
+        on_event: EventCallback | None = None,
+        *,
+        timing: SubscriberTiming | None = None,
+    ) -> None:
+        """Configure; nothing happens until entered."""
+        super().__init__(camera, on_event, timing=timing)
+        self._pullpoint: Any = None
+        self._subscription: Any = None
+        self._address: str | None = None
+
+    def _alive(self) -> bool:
+        return self._subscription is not None
+
     async def _subscribe(self) -> None:
         lib = self.camera.lib
         term = self.timing.term
@@ -326,14 +513,9 @@ class PullPointSubscriber:
                 {"InitialTerminationTime": lib.get_next_termination_time(term)}
             )
 
-        result = await self.camera.call("CreatePullPointSubscription", create)
-        try:
-            address = str(result.SubscriptionReference.Address._value_1)
-        except AttributeError:
-            raise CameraProtocolError(
-                self.camera.name, "CreatePullPointSubscription", "no subscription address"
-            ) from None
-        lib.xaddrs[_PULLPOINT_XADDR] = lib.rewrite_url(address)
+        result = await self._create_shielded("CreatePullPointSubscription", create)
+        self._address = _subscription_address(self.camera.name, result)
+        lib.xaddrs[_PULLPOINT_XADDR] = lib.rewrite_url(self._address)
 
         async def services() -> tuple[Any, Any]:
             subscription = await lib.create_subscription_service("PullPointSubscription")
@@ -352,16 +534,6 @@ class PullPointSubscriber:
         except CameraProtocolError as exc:
             log.debug("Camera %s: SetSynchronizationPoint refused: %s", self.camera.name, exc)
 
-    def _schedule_renewal(self, answer: Any) -> None:
-        term_s = self.timing.term.total_seconds()
-        current = getattr(answer, "CurrentTime", None)
-        termination = getattr(answer, "TerminationTime", None)
-        if isinstance(current, dt.datetime) and isinstance(termination, dt.datetime):
-            granted = (termination - current).total_seconds()
-            if 0 < granted < term_s:  # the camera may grant less than asked
-                term_s = granted
-        self._renew_at = time.monotonic() + term_s * self.timing.renew_at_fraction
-
     async def _renew(self) -> None:
         lib = self.camera.lib
         subscription = self._subscription
@@ -371,7 +543,7 @@ class PullPointSubscriber:
 
         self._schedule_renewal(await self.camera.call("Renew", renew))
 
-    async def _pull_until_lost(self) -> None:
+    async def _until_lost(self) -> None:
         """Long-poll; returns never, raises CameraError when the subscription is lost."""
         timing = self.timing
         while True:
@@ -398,45 +570,56 @@ class PullPointSubscriber:
             if not messages and time.monotonic() - started < wait_s / 2:
                 await asyncio.sleep(timing.empty_pull_cooldown_s)
 
-    async def _deliver(self, message: Any) -> None:
-        try:
-            topic, data, source, utc, initialized = _message_fields(message)
-        except AttributeError:
-            log.debug("Camera %s: malformed notification skipped", self.camera.name)
-            return
-        event = map_event(topic, data, source)
-        if event is None:
-            self.unknown_topics.note(topic)
-            return
-        event = event.with_message(utc, initialized)
-        self._last_event_at = time.time()
-        if self._on_event is None:
-            if self._queue.full():
-                self._queue.get_nowait()
-                self._dropped += 1
-                if self._dropped == 1:
-                    log.warning("Camera %s: event queue full, dropping oldest", self.camera.name)
-            self._queue.put_nowait(event)
-            return
-        try:
-            result = self._on_event(event)
-            if result is not None:
-                await result
-        except Exception:  # the consumer's bug must not stop the subscription
-            log.exception("Camera %s: event callback failed", self.camera.name)
-
-    async def _drop_subscription(self) -> None:
-        """Remove a subscription we are giving up on, so it does not count against a cap."""
-        await self._unsubscribe()
+    _pull_until_lost = _until_lost  # the old name
 
     async def _unsubscribe(self) -> None:
+        answer = await self._settle_pending()
+        if answer is not None:
+            with contextlib.suppress(CameraError):
+                self._address = _subscription_address(self.camera.name, answer)
         subscription, self._subscription, self._pullpoint = self._subscription, None, None
+        address, self._address = self._address, None
+        await _unsubscribe_at(
+            self.camera,
+            subscription,
+            address,
+            "PullPointSubscription",
+            _PULLPOINT_XADDR,
+            self.timing.unsubscribe_timeout_s,
+        )
+
+
+def _subscription_address(camera: str, answer: Any) -> str:
+    """The subscription manager address of a CreatePullPointSubscription/Subscribe answer."""
+    try:
+        return str(answer.SubscriptionReference.Address._value_1)
+    except AttributeError:
+        raise CameraProtocolError(camera, "subscribe", "no subscription address") from None
+
+
+async def _unsubscribe_at(
+    camera: OnvifCamera,
+    subscription: Any,
+    address: str | None,
+    port_type: str,
+    xaddr_key: str,
+    bound_s: float,
+) -> None:
+    """Unsubscribe ``subscription`` (a library service), or, when we only got as far as the
+    address, a subscription service made for it. Best effort: errors are logged, not raised."""
+    if subscription is None and address is None:
+        return
+    try:
         if subscription is None:
-            return
-        try:
-            await self.camera.call(
-                "Unsubscribe", subscription.Unsubscribe, self.timing.unsubscribe_timeout_s
-            )
-        except CameraError as exc:
-            # Best effort: the camera is often why we stop; the subscription expires anyway.
-            log.debug("Camera %s: Unsubscribe failed: %s", self.camera.name, exc)
+            lib = camera.lib
+
+            async def service() -> Any:
+                lib.xaddrs[xaddr_key] = lib.rewrite_url(address)
+                return await lib.create_subscription_service(port_type)
+
+            subscription = await camera.call("subscribe", service, bound_s)
+        await camera.call("Unsubscribe", subscription.Unsubscribe, bound_s)
+    except (CameraError, RuntimeError) as exc:
+        # Best effort: the camera is often why we stop; the subscription expires anyway.
+        # (RuntimeError: the camera was closed under us.)
+        log.debug("Camera %s: Unsubscribe failed: %s", camera.name, exc)

@@ -184,13 +184,27 @@ class UnknownTopicLog:
         self.seen: set[str] = set()
         self.unlogged = 0
 
-    def note(self, topic: str) -> bool:
-        """Log the topic if it is new; return whether it was logged."""
+    def note(self, topic: str, description: str | None = None) -> bool:
+        """Log the topic if it is new; return whether it was logged.
+
+        Args:
+            topic: As sent.
+            description: What onvif-parsers calls it, when it knows (see
+                :func:`~.events.describe_topic`), added to the log line.
+        """
         if topic in self.seen:
             return False
         if len(self.seen) >= self.limit:
             self.unlogged += 1
             return False
         self.seen.add(topic)
-        log.info("Camera %s: unknown event topic %r ignored", self.camera, topic)
+        if description:
+            log.info(
+                "Camera %s: unknown event topic %r ignored (onvif-parsers: %s)",
+                self.camera,
+                topic,
+                description,
+            )
+        else:
+            log.info("Camera %s: unknown event topic %r ignored", self.camera, topic)
         return True

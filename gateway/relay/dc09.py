@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from datetime import datetime
 
 from contract.config import CampusAccount, Dc09Code, Dc09Config
 from contract.models import Event
@@ -26,8 +28,12 @@ def event_code(cfg: Dc09Config, event: Event) -> Dc09Code | None:
     return code
 
 
+LinkFor = Callable[[str, datetime], str | None]
+"""alarm id, alarm time -> the verification (snapshot) URL for the police, if any"""
+
+
 def event_data(
-    cfg: Dc09Config, campus: CampusAccount, event: Event
+    cfg: Dc09Config, campus: CampusAccount, event: Event, link: LinkFor | None = None
 ) -> tuple[str, list[tuple[str, str]]]:
     """The DC-09 data block and x-data for an event."""
     account = campus.account
@@ -49,6 +55,12 @@ def event_data(
             ("X", f"{'E' if geo.lon >= 0 else 'W'}{abs(geo.lon):.6f}"),
             ("Y", f"{'N' if geo.lat >= 0 else 'S'}{abs(geo.lat):.6f}"),
         ]
+    if link is not None and not event.restore:
+        # x-data V: where the operator sees the alarm's snapshots (DC-09 verification). Sent
+        # with the alarm itself; the page fills in as the pictures arrive.
+        url = link(event.id, event.ts)
+        if url:
+            xdata.append(("V", url))
     return data, xdata
 
 
@@ -60,17 +72,19 @@ class Dc09Sink:
         cfg: Dc09Config,
         campuses: dict[str, CampusAccount],
         sender: DC09Sender,
+        link: LinkFor | None = None,
     ) -> None:
         self.cfg = cfg
         self.campuses = campuses
         self.sender = sender
+        self.link = link
 
     def wants(self, event: Event) -> bool:
         return event.campus in self.campuses and event_code(self.cfg, event) is not None
 
     async def deliver(self, event: Event, seq: int | None) -> Delivery:
         campus = self.campuses[event.campus]
-        data, xdata = event_data(self.cfg, campus, event)
+        data, xdata = event_data(self.cfg, campus, event, self.link)
         result = await self.sender.send(campus.account, data, xdata=xdata, seq=seq)
         if result.accepted:
             return Delivery("delivered", result.path, f"seq {result.seq}", result.rtt_ms)

@@ -155,3 +155,27 @@ class CommandRow(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
     token: Mapped[str | None] = mapped_column(String(128))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class EvidenceRow(Base):
+    """A snapshot attached to an alarm (or the record of why a camera gave none).
+
+    The picture is a file under the gateway's data directory (``path``, relative); the row is
+    written after the file is on disk, and the edge's copy is released only after the row.
+    """
+
+    __tablename__ = "evidence"
+
+    id: Mapped[str] = mapped_column(String(26), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(26), index=True)
+    campus: Mapped[str] = mapped_column(String(64))
+    edge: Mapped[str] = mapped_column(String(64))
+    camera: Mapped[str] = mapped_column(String(64))
+    shot: Mapped[int] = mapped_column(Integer)
+    taken_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    content_type: Mapped[str | None] = mapped_column(String(32))
+    size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    path: Mapped[str | None] = mapped_column(String(300))
+    error: Mapped[str | None] = mapped_column(Text)

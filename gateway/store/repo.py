@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -21,6 +21,7 @@ from gateway.store.models import (
     DeviceStatusRow,
     EdgeStateRow,
     EventRow,
+    EvidenceRow,
     RelayCounter,
     RelayJob,
 )
@@ -457,6 +458,55 @@ class Store:
             if campus:
                 q = q.where(CommandRow.campus == campus)
             return list((await s.execute(q)).scalars())
+
+    # --- evidence -------------------------------------------------------------------------
+
+    @_shielded
+    async def add_evidence(self, row: EvidenceRow) -> bool:
+        """Store a snapshot's record once; False if it was already there (a resend)."""
+        async with self.session() as s:
+            try:
+                async with s.begin():
+                    if await s.get(EvidenceRow, row.id) is not None:
+                        return False
+                    s.add(row)
+            except IntegrityError:  # another gateway stored it at the same moment
+                return False
+            return True
+
+    @_shielded
+    async def evidence_for(self, alarm_id: str) -> list[EvidenceRow]:
+        async with self.session() as s:
+            q = (
+                select(EvidenceRow)
+                .where(EvidenceRow.event_id == alarm_id)
+                .order_by(EvidenceRow.camera, EvidenceRow.shot)
+            )
+            return list((await s.execute(q)).scalars())
+
+    @_shielded
+    async def evidence(self, evidence_id: str) -> EvidenceRow | None:
+        async with self.session() as s:
+            return await s.get(EvidenceRow, evidence_id)
+
+    @_shielded
+    async def expire_evidence(self, taken_before: datetime, limit: int = 1000) -> list[EvidenceRow]:
+        """Remove up to ``limit`` records of pictures taken before the cutoff; the caller
+        deletes their files (a file left by a crash in between is swept by age)."""
+        async with self.session() as s, s.begin():
+            rows = list(
+                (
+                    await s.execute(
+                        select(EvidenceRow)
+                        .where(EvidenceRow.taken_at < taken_before)
+                        .order_by(EvidenceRow.taken_at)
+                        .limit(limit)
+                    )
+                ).scalars()
+            )
+            if rows:
+                await s.execute(delete(EvidenceRow).where(EvidenceRow.id.in_([r.id for r in rows])))
+            return rows
 
     # --- queries --------------------------------------------------------------------------
 
