@@ -524,7 +524,7 @@ class ApiToken(Strict):
     clients and for operating bollards until then.)"""
 
     user: Annotated[str, Field(min_length=1, max_length=64)]
-    role: Literal["guard", "supervisor", "technician", "dispatcher", "admin"]
+    role: Literal["guard", "supervisor", "technician", "dispatcher", "inspector", "admin"]
     campuses: list[str] = Field(
         min_length=1, description="campus ids this token may act on; ['*'] = all"
     )
@@ -663,6 +663,35 @@ class InfluxConfig(Strict):
         return self
 
 
+class GatewayTelemetryConfig(Strict):
+    """Telemetry and uptime at the centre."""
+
+    embedded_retention_days: float = Field(
+        7.0, gt=0, le=3650, description="the embedded store (no InfluxDB) keeps samples this long"
+    )
+    max_age_hours: float = Field(
+        72.0, gt=0, le=24 * 365, description="older batches (a long-cut campus) are refused"
+    )
+    max_future_s: float = Field(
+        300.0, ge=0, le=86400, description="a batch this far ahead of the gateway clock is refused"
+    )
+    uptime_target: float = Field(
+        0.99, gt=0, le=1, description="availability below this is flagged in reports"
+    )
+    report_timezone: str = Field(
+        "Asia/Shanghai", description="IANA zone whose days and months the reports use"
+    )
+
+    @field_validator("report_timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+
 class GatewayConfig(Strict):
     """The central gateway: broker, database, campuses and the police relay."""
 
@@ -675,6 +704,7 @@ class GatewayConfig(Strict):
     campuses: list[CampusAccount] = Field(min_length=1)
     dc09: Dc09Config | None = None
     evidence: GatewayEvidenceConfig = GatewayEvidenceConfig()
+    telemetry: GatewayTelemetryConfig = GatewayTelemetryConfig()
     influxdb: InfluxConfig | None = Field(
         None, description="telemetry to InfluxDB; none = not written to InfluxDB"
     )

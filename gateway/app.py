@@ -8,22 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import html
 import logging
+import re
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal
+from zoneinfo import ZoneInfo
 
 import uvicorn
 from fastapi import FastAPI, Header, HTTPException, Query
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contract import topics
 from contract.config import ApiToken
 from contract.models import BollardCommandMessage, new_id, utcnow
-from gateway.store.models import CommandRow
+from gateway import reports
+from gateway.store.models import CommandRow, MaintenanceRow
 from gateway.store.repo import aware
 
 if TYPE_CHECKING:
@@ -45,6 +49,18 @@ class CommandIn(BaseModel):
     token: str | None = Field(None, max_length=128, description="for confirm: from 'armed'")
     reason: str = Field("", max_length=200)
     ttl: float = Field(30.0, gt=0, le=60, description="seconds the command stays valid")
+
+
+class MaintenanceIn(BaseModel):
+    """A planned maintenance window: excluded from availability."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    campus: str
+    device: str | None = Field(None, description="none: the whole campus")
+    start: datetime | None = Field(None, description="default: now")
+    end: datetime | None = Field(None, description="default: open until ended")
+    reason: str = Field(min_length=1, max_length=500)
 
 
 class CommandOut(BaseModel):
@@ -106,6 +122,15 @@ class AlarmDetail(AlarmOut):
     verification_url: str | None = Field(
         None, description="the signed link the police got (x-data V), when one is configured"
     )
+
+
+_FILE_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def aware_(ts: datetime) -> datetime:
+    out = aware(ts)
+    assert out is not None
+    return out
 
 
 def _row(row: Any) -> dict[str, Any]:
@@ -279,6 +304,8 @@ def create_app(rt: GatewayRuntime) -> FastAPI:
         tok = authorised(authorization)
         if campus not in {c.id for c in rt.cfg.campuses}:
             raise HTTPException(404, f"no campus {campus}")
+        if tok.role == "inspector":
+            raise HTTPException(403, "inspectors read reports; they do not operate devices")
         if body.step == "confirm" and (body.command_id is None or body.token is None):
             raise HTTPException(422, "a confirm needs command_id and token")
         if body.step == "request" and body.action is None:
@@ -351,6 +378,230 @@ def create_app(rt: GatewayRuntime) -> FastAPI:
         tok = authorised(authorization)
         rows = await rt.store.commands(campus, limit)
         return [_row(r) for r in rows if tok.may_act_on(r.campus)]
+
+    # --- uptime and compliance reports, maintenance windows ---------------------------
+
+    def campuses_of(tok: ApiToken, campus: str | None) -> list[str]:
+        known = [c.id for c in rt.cfg.campuses]
+        if campus is not None:
+            if campus not in known or not tok.may_act_on(campus):
+                raise HTTPException(404, f"no campus {campus}")
+            return [campus]
+        return [c for c in known if tok.may_act_on(c)]
+
+    def report_range(
+        period: str | None, date: str | None, start: datetime | None, end: datetime | None
+    ) -> tuple[datetime, datetime, str]:
+        tz = ZoneInfo(rt.cfg.telemetry.report_timezone)
+        if start is not None or end is not None:
+            if start is None or end is None:
+                raise HTTPException(422, "give both start and end, or period and date")
+            if start.tzinfo is None or end.tzinfo is None:
+                raise HTTPException(422, "start and end need a time zone (e.g. +08:00 or Z)")
+            if end <= start:
+                raise HTTPException(422, "end must be after start")
+            return start.astimezone(UTC), end.astimezone(UTC), f"{start:%Y-%m-%d} – {end:%Y-%m-%d}"
+        today = datetime.now(tz)
+        try:
+            if period in (None, "month"):
+                first = (
+                    datetime.strptime(date, "%Y-%m").replace(tzinfo=tz)
+                    if date
+                    else today.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+                )
+                nxt = (first + timedelta(days=32)).replace(day=1)
+                label = f"{first:%Y-%m}"
+            elif period == "day":
+                first = (
+                    datetime.strptime(date, "%Y-%m-%d").replace(tzinfo=tz)
+                    if date
+                    else today.replace(hour=0, minute=0, second=0, microsecond=0)
+                )
+                nxt = first + timedelta(days=1)
+                label = f"{first:%Y-%m-%d}"
+            else:
+                raise HTTPException(422, "period is day or month (or give start and end)")
+        except ValueError:
+            raise HTTPException(422, f"date {date!r} does not match the period") from None
+        if first >= today:
+            raise HTTPException(422, f"{label} has not begun")
+        # The current day or month is reported up to now, not into the future.
+        return first.astimezone(UTC), min(nxt, today).astimezone(UTC), label
+
+    async def uptime_of(
+        campuses: list[str], start: datetime, end: datetime
+    ) -> reports.UptimeReport:
+        seen, outages, windows = await rt.store.uptime_inputs(start, end, campuses)
+        return reports.uptime_report(
+            start,
+            end,
+            [(d.campus, d.device, d.kind, aware_(d.first_seen)) for d in seen],
+            [
+                reports.OutageInput(o.campus, o.device, aware_(o.start), aware(o.end), o.cause)
+                for o in outages
+            ],
+            [
+                reports.WindowInput(w.campus, w.device, aware_(w.start), aware(w.end))
+                for w in windows
+            ],
+            target=rt.cfg.telemetry.uptime_target,
+        )
+
+    def respond(fmt: str, json_body: Any, csv_text: str, html_text: str, name: str) -> Any:
+        if fmt == "csv":
+            safe = _FILE_UNSAFE.sub("_", name)
+            return Response(
+                csv_text,
+                media_type="text/csv; charset=utf-8",
+                headers={"Content-Disposition": f'attachment; filename="{safe}.csv"'},
+            )
+        if fmt == "html":
+            return HTMLResponse(html_text)
+        return json_body
+
+    @app.get("/api/reports/uptime")
+    async def uptime_report(
+        campus: str | None = None,
+        period: Literal["day", "month"] | None = None,
+        date: str | None = Query(None, description="YYYY-MM (month) or YYYY-MM-DD (day)"),
+        start: datetime | None = None,
+        end: datetime | None = None,
+        format: Literal["json", "csv", "html"] = "json",
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> Any:
+        """Availability per device, campus and district; maintenance windows excluded."""
+        tok = authorised(authorization)
+        lo, hi, label = report_range(period, date, start, end)
+        rep = await uptime_of(campuses_of(tok, campus), lo, hi)
+        return respond(
+            format,
+            dataclasses.asdict(rep),
+            reports.uptime_csv(rep),
+            reports.uptime_html(rep, f"Device availability {label}"),
+            f"uptime-{label}",
+        )
+
+    @app.get("/api/reports/compliance")
+    async def compliance_report(
+        campus: str | None = None,
+        month: str | None = Query(None, description="YYYY-MM; default: this month"),
+        format: Literal["json", "csv", "html"] = "json",
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> Any:
+        """The monthly report per campus for the education commission."""
+        tok = authorised(authorization)
+        lo, hi, label = report_range("month", month, None, None)
+        wanted = campuses_of(tok, campus)
+        rep = await uptime_of(wanted, lo, hi)
+        by_campus = {c.name: c for c in rep.campuses}
+        alarms = await rt.store.alarms_between(lo, hi, wanted)
+        rows = []
+        for c in wanted:
+            mine = [
+                reports.AlarmInput(
+                    a.kind,
+                    a.drill,
+                    a.restore,
+                    aware_(a.edge_ts),
+                    aware(a.police_at),
+                    aware(a.guard_ack_at),
+                    a.state,
+                )
+                for a in alarms
+                if a.campus == c
+            ]
+            agg = by_campus.get(c) or reports.aggregate(c, [], rep.target)
+            rows.append(reports.compliance(c, lo, hi, agg, mine))
+        names = {c.id: c.name for c in rt.cfg.campuses}
+        return respond(
+            format,
+            [dataclasses.asdict(r) for r in rows],
+            reports.compliance_csv(rows),
+            reports.compliance_html(rows, names, f"Campus safety compliance {label}"),
+            f"compliance-{label}",
+        )
+
+    def maintainer(tok: ApiToken) -> None:
+        if tok.role not in ("technician", "admin"):
+            raise HTTPException(403, "only technicians and admins manage maintenance windows")
+
+    def window_out(w: MaintenanceRow) -> dict[str, Any]:
+        return _row(w)
+
+    @app.post("/api/maintenance", status_code=201)
+    async def add_window(
+        body: MaintenanceIn, authorization: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
+        tok = authorised(authorization)
+        maintainer(tok)
+        campuses_of(tok, body.campus)
+        ts = utcnow()
+        start = body.start or ts
+        if start.tzinfo is None or (body.end is not None and body.end.tzinfo is None):
+            raise HTTPException(422, "times need a time zone (e.g. +08:00 or Z)")
+        if body.end is not None and body.end <= start:
+            raise HTTPException(422, "end must be after start")
+        row = await rt.store.add_maintenance(
+            MaintenanceRow(
+                campus=body.campus,
+                device=body.device,
+                start=start,
+                end=body.end,
+                reason=body.reason,
+                user=tok.user,
+                created_at=ts,
+            )
+        )
+        log.info(
+            "maintenance window %s on %s/%s by %s: %s",
+            row.id,
+            body.campus,
+            body.device or "*",
+            tok.user,
+            body.reason,
+        )
+        return window_out(row)
+
+    @app.post("/api/maintenance/{window_id}/end")
+    async def end_window(
+        window_id: int, authorization: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
+        tok = authorised(authorization)
+        maintainer(tok)
+        row = await rt.store.end_maintenance(window_id, utcnow())
+        if row is None or not tok.may_act_on(row.campus):
+            raise HTTPException(404, f"no maintenance window {window_id}")
+        return window_out(row)
+
+    @app.get("/api/maintenance")
+    async def windows(
+        campus: str | None = None, authorization: Annotated[str | None, Header()] = None
+    ) -> list[dict[str, Any]]:
+        tok = authorised(authorization)
+        return [window_out(w) for w in await rt.store.maintenance(campuses_of(tok, campus))]
+
+    @app.get("/api/telemetry/{campus}/{device}")
+    async def telemetry(
+        campus: str,
+        device: str,
+        hours: float = Query(24.0, gt=0, le=24 * 31),
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> dict[str, Any]:
+        """A device's samples from the embedded store (with InfluxDB: query InfluxDB/Grafana)."""
+        tok = authorised(authorization)
+        campuses_of(tok, campus)
+        if rt.cfg.influxdb is not None:
+            raise HTTPException(409, "telemetry is in InfluxDB: use Grafana or InfluxDB's API")
+        hi = utcnow()
+        rows = await rt.store.telemetry(campus, device, hi - timedelta(hours=hours), hi)
+        return {
+            "campus": campus,
+            "device": device,
+            "samples": [
+                {"ts": aware(r.ts), "point": r.point, "kind": r.kind, "fields": r.fields}
+                for r in rows
+            ],
+        }
 
     @app.get("/api/stats")
     async def stats() -> dict[str, Any]:

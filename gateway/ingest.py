@@ -15,11 +15,14 @@ from collections.abc import Callable
 from pydantic import ValidationError
 
 from contract import evidence as evidence_wire
+from contract import telemetry as telemetry_wire
 from contract import topics
+from contract.config import GatewayTelemetryConfig
 from contract.models import MAX_PAYLOAD_BYTES, DeviceStatus, EdgeState, Event, new_id, utcnow
 from gateway.evidence import EvidenceVault
 from gateway.relay.base import Sink
 from gateway.store.repo import ClaimedJob, Store
+from gateway.telemetry.sink import TelemetrySink
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +68,14 @@ class Ingest:
         worker_id: str,
         dispatch: Callable[[ClaimedJob], None],
         vault: EvidenceVault | None = None,
+        telemetry: TelemetrySink | None = None,
+        telemetry_cfg: GatewayTelemetryConfig | None = None,
     ) -> None:
         self.store = store
         self.vault = vault
+        self.telemetry = telemetry
+        self.telemetry_cfg = telemetry_cfg or GatewayTelemetryConfig()
+        self.telemetry_samples = 0
         self.campuses = campuses
         self.sinks = sinks
         self.worker_id = worker_id
@@ -85,6 +93,9 @@ class Ingest:
         parsed = topics.parse_topic(topic)
         if parsed is not None and parsed.kind == "evidence" and self.vault is not None:
             return await self._evidence(topic, parsed.campus, payload, self.vault)
+        if parsed is not None and parsed.kind == "telemetry" and parsed.direction == "up":
+            await self._telemetry(topic, parsed.campus, payload)
+            return None
         if len(payload) > MAX_PAYLOAD_BYTES:
             self.reject("oversized", topic, f"{len(payload)} bytes")
             return None
@@ -101,9 +112,6 @@ class Ingest:
             model = EdgeState
         elif parsed.kind == "device":
             model = DeviceStatus
-        elif parsed.kind == "telemetry":
-            self.accepted["telemetry"] += 1  # stored by the telemetry writer (issue 5)
-            return None
         else:
             self.reject("unknown topic", topic)
             return None
@@ -159,6 +167,42 @@ class Ingest:
             self.duplicates += 1
         self.accepted["evidence"] += 1
         return campus, header.id
+
+    async def _telemetry(self, topic: str, campus: str, payload: bytes) -> None:
+        """A batch of device figures: checked, then handed to InfluxDB or the embedded store.
+        Telemetry is acknowledged once handed over (the writer spools to disk); a batch the
+        sink cannot take now raises, so the message is not acknowledged and comes again."""
+        if campus not in self.campuses:
+            self.reject("unknown campus", topic, campus)
+            return
+        if len(payload) > telemetry_wire.MAX_BYTES:
+            self.reject("oversized", topic, f"{len(payload)} bytes")
+            return
+        try:
+            batch = telemetry_wire.TelemetryBatch.model_validate_json(payload)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = [str(p) for p in err["loc"]]
+            msg = err["msg"]
+            if loc and loc[-1] in ("bool", "int", "float", "function-after[float]"):
+                loc, msg = loc[:-1], "a field value must be a number or true/false"
+            while loc and loc[-1] in ("bool", "int", "float"):
+                loc.pop()
+            self.reject("invalid telemetry", topic, f"{'.'.join(loc)}: {msg}"[:200])
+            return
+        if batch.campus != campus:
+            self.reject("campus mismatch", topic, f"payload says {batch.campus}")
+            return
+        age = (utcnow() - batch.ts).total_seconds()
+        if age < -self.telemetry_cfg.max_future_s:
+            self.reject("telemetry from the future", topic, f"{-age:.0f} s ahead ({batch.edge})")
+            return
+        if age > self.telemetry_cfg.max_age_hours * 3600:
+            self.reject("telemetry too old", topic, f"{age / 3600:.1f} h old ({batch.edge})")
+            return
+        if self.telemetry is not None:
+            self.telemetry_samples += await self.telemetry.submit(batch)
+        self.accepted["telemetry"] += 1
 
     async def _path_change(self, st: EdgeState) -> None:
         """A campus edge that loses its uplink is a transmission-path fault at the centre."""

@@ -21,7 +21,9 @@ from gateway.relay.base import Sink
 from gateway.relay.dc09 import Dc09Sink
 from gateway.relay.worker import RelayWorker
 from gateway.store.db import make_engine, migrate
-from gateway.store.repo import ClaimedJob, Store
+from gateway.store.repo import ClaimedJob, Store, aware
+from gateway.telemetry.sink import EmbeddedSink, InfluxSink, TelemetrySink
+from gateway.telemetry.writer import TelemetryWriter
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ class GatewayRuntime:
     mqtt: GatewayMqtt
     workers: dict[str, RelayWorker]
     vault: EvidenceVault
+    telemetry: TelemetrySink
     paths: dict[str, PathHealth] = field(default_factory=dict)
     http_port: int | None = None
 
@@ -106,25 +109,54 @@ async def run_gateway(cfg: GatewayConfig) -> AsyncIterator[GatewayRuntime]:
             def dispatch(job: ClaimedJob) -> None:
                 workers[job.sink].submit(job)
 
-            ingest = Ingest(store, set(campuses), sinks, cfg.gateway.id, dispatch, vault)
+            background: list[asyncio.Task[None]] = []
+            stack.push_async_callback(cancel_and_wait, background)
+            telemetry: TelemetrySink
+            if cfg.influxdb is not None:
+                writer = TelemetryWriter.from_config(cfg.influxdb, cfg.gateway.data_dir)
+                telemetry = InfluxSink(await stack.enter_async_context(writer))
+            else:
+                embedded = EmbeddedSink(store, cfg.telemetry.embedded_retention_days)
+                background.append(
+                    asyncio.create_task(embedded.run_sweeper(), name="telemetry-sweeper")
+                )
+                telemetry = embedded
+            ingest = Ingest(
+                store,
+                set(campuses),
+                sinks,
+                cfg.gateway.id,
+                dispatch,
+                vault,
+                telemetry,
+                cfg.telemetry,
+            )
             mqtt = await stack.enter_async_context(
                 GatewayMqtt(cfg.mqtt, cfg.gateway.id, cfg.gateway.share_group, ingest, store)
             )
+
+            async def delivered(event: Event, path: str | None) -> None:
+                found = await store.alarm(event.id)
+                telemetry.alarm(event, path, aware(found[0].received_at) if found else None)
+
             for w in workers.values():
                 w.on_step = mqtt.wake_downlink.set
-            rt = GatewayRuntime(cfg, store, ingest, mqtt, workers, vault)
+                w.on_delivered = delivered
+            rt = GatewayRuntime(cfg, store, ingest, mqtt, workers, vault, telemetry)
             rt_ref.append(rt)
-            sweeper = asyncio.create_task(vault.run_sweeper(store), name="evidence-sweeper")
-            stack.push_async_callback(cancel_and_wait, [sweeper])
+            background.append(
+                asyncio.create_task(vault.run_sweeper(store), name="evidence-sweeper")
+            )
             if cfg.gateway.http is not None:
                 from gateway.app import serve_http
 
                 rt.http_port = await stack.enter_async_context(serve_http(rt))
             log.info(
-                "gateway %s running: %d campus(es), sinks: %s, broker %s:%d%s",
+                "gateway %s running: %d campus(es), sinks: %s, telemetry: %s, broker %s:%d%s",
                 cfg.gateway.id,
                 len(campuses),
                 ", ".join(s.name for s in sinks) or "none",
+                telemetry.name,
                 cfg.mqtt.host,
                 cfg.mqtt.port,
                 f", http port {rt.http_port}" if rt.http_port else "",

@@ -28,6 +28,8 @@ if [ "$want_system" = "test" ]; then
             || missing+=("$pkg")
     done
     command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
+    # The telemetry writer's tests: a real InfluxDB 1.x (the tests start influxd on free ports).
+    command -v influxd >/dev/null 2>&1 || [ -x /usr/bin/influxd ] || missing+=(influxdb)
     if [ ${#missing[@]} -gt 0 ]; then
         if [ "$(id -u)" = 0 ]; then
             echo "installing ${missing[*]} ..." >&2
@@ -36,7 +38,7 @@ if [ "$want_system" = "test" ]; then
             apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
             # The package enables a broker on port 1883; the tests start their own.
             # The packages enable system services; the tests start their own on free ports.
-            for svc in mosquitto postgresql; do
+            for svc in mosquitto postgresql influxdb; do
                 systemctl disable --now "$svc" >/dev/null 2>&1 || true
             done
         else

@@ -7,6 +7,7 @@ dir, so what it acknowledged before a kill is still there afterwards (WAL, fsync
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -38,9 +39,12 @@ class Influx:
     """One ``influxd`` (1.x, v1 HTTP API) in ``workdir``: HTTP and RPC on free ports, no
     reporting, no UDP / Graphite / collectd / OpenTSDB, no ``_internal`` monitor database."""
 
-    def __init__(self, workdir: Path, database: str = "telemetry") -> None:
+    ADMIN = ("cg-admin", "cg-admin-pw")
+
+    def __init__(self, workdir: Path, database: str = "telemetry", auth: bool = False) -> None:
         self.workdir = workdir
         self.database = database
+        self.auth = auth
         self.http_port = free_port()
         self.rpc_port = free_port()
         while self.rpc_port == self.http_port:
@@ -70,7 +74,7 @@ class Influx:
             "[http]\n"
             "  enabled = true\n"
             f'  bind-address = "127.0.0.1:{self.http_port}"\n'
-            "  auth-enabled = false\n"
+            f"  auth-enabled = {'true' if auth else 'false'}\n"
             "  log-enabled = false\n"
             "  pprof-enabled = false\n"
             "[logging]\n"
@@ -95,6 +99,17 @@ class Influx:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"influxd exited: {self.log.read_text(errors='replace')}")
             if self.ping():
+                if self.auth:
+                    # with auth on and no user yet, InfluxDB lets anyone create the first admin
+                    user, password = self.ADMIN
+                    with contextlib.suppress(urllib.error.HTTPError):  # 401: made before
+                        self._post(
+                            {
+                                "q": f"CREATE USER \"{user}\" WITH PASSWORD '{password}' "
+                                "WITH ALL PRIVILEGES"
+                            },
+                            login=False,
+                        )
                 return
             time.sleep(0.05)
         self.kill()
@@ -132,9 +147,12 @@ class Influx:
 
     # --- queries --------------------------------------------------------------------------
 
-    def _post(self, params: dict[str, str], timeout: float = 30.0) -> Any:
+    def _post(self, params: dict[str, str], timeout: float = 30.0, login: bool = True) -> Any:
+        url = f"{self.url}/query"
+        if self.auth and login:  # 1.x reads u and p from the URL, not the form
+            url += "?" + urllib.parse.urlencode({"u": self.ADMIN[0], "p": self.ADMIN[1]})
         body = urllib.parse.urlencode(params).encode()
-        req = urllib.request.Request(f"{self.url}/query", data=body, method="POST")
+        req = urllib.request.Request(url, data=body, method="POST")
         req.add_header("Content-Type", "application/x-www-form-urlencoded")
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read())

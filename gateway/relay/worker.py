@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from contract.aio import Service, cancel_requested
+from contract.models import Event
 from gateway.relay.base import Sink
 from gateway.store.repo import ClaimedJob, Store
 
@@ -36,6 +37,8 @@ class RelayWorker(Service):
         self.failed_attempts = 0
         self.on_step: Callable[[], None] | None = None
         """Called after a step of an alarm's life was stored (to push it to the campus)."""
+        self.on_delivered: Callable[[Event, str | None], Awaitable[None]] | None = None
+        """Called after the police acknowledged an alarm (latency telemetry)."""
 
     def submit(self, job: ClaimedJob) -> None:
         """Hand over a job that ingest already claimed for this worker."""
@@ -92,6 +95,11 @@ class RelayWorker(Service):
             await self.store.set_alarm_state(
                 ev.id, "police_received", path=result.path, note=result.detail
             )
+            if self.on_delivered is not None:
+                try:
+                    await self.on_delivered(ev, result.path)
+                except Exception:
+                    log.exception("recording the delivery of %s for telemetry failed", ev.id)
         elif result.outcome == "rejected":
             await self.store.finish_job(job, "rejected", attempts=attempts, error=result.detail)
             log.error("police platform refused alarm %s: %s", ev.id, result.detail)

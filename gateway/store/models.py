@@ -179,3 +179,66 @@ class EvidenceRow(Base):
     sha256: Mapped[str | None] = mapped_column(String(64))
     path: Mapped[str | None] = mapped_column(String(300))
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class DeviceSeen(Base):
+    """Every device (and campus edge) the centre has heard of: availability counts from
+    ``first_seen``."""
+
+    __tablename__ = "devices_seen"
+
+    campus: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # device, edge
+    first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class OutageRow(Base):
+    """A time a device (or a campus edge's link) was down; ``end`` is null while it lasts."""
+
+    __tablename__ = "outages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    campus: Mapped[str] = mapped_column(String(64))
+    device: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # device, edge
+    start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cause: Mapped[str] = mapped_column(Text, default="")
+
+    __table_args__ = (
+        Index("outages_device", "campus", "device", "start"),
+        Index("outages_start", "start"),
+    )
+
+
+class MaintenanceRow(Base):
+    """A planned window on a campus (``device`` null) or one device: excluded from availability."""
+
+    __tablename__ = "maintenance"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    campus: Mapped[str] = mapped_column(String(64), index=True)
+    device: Mapped[str | None] = mapped_column(String(64))
+    start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    user: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class TelemetryRow(Base):
+    """The embedded telemetry store (no InfluxDB configured): one row per sample."""
+
+    __tablename__ = "telemetry"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    campus: Mapped[str] = mapped_column(String(64))
+    edge: Mapped[str] = mapped_column(String(64))
+    device: Mapped[str] = mapped_column(String(64))
+    point: Mapped[str | None] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(24))
+    fields: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+    __table_args__ = (Index("telemetry_device", "campus", "device", "ts"),)

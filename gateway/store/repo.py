@@ -18,12 +18,16 @@ from gateway.store.models import (
     AlarmRow,
     AlarmStep,
     CommandRow,
+    DeviceSeen,
     DeviceStatusRow,
     EdgeStateRow,
     EventRow,
     EvidenceRow,
+    MaintenanceRow,
+    OutageRow,
     RelayCounter,
     RelayJob,
+    TelemetryRow,
 )
 
 P = ParamSpec("P")
@@ -225,11 +229,15 @@ class Store:
                 "error": st.error,
                 "points": dict(st.points),
             }
+            before = None if row is None else row.online
             if row is None:
                 s.add(DeviceStatusRow(campus=st.campus, device=st.device, **values))
             else:
                 for k, v in values.items():
                     setattr(row, k, v)
+            await self._availability(
+                s, st.campus, st.device, "device", before, st.online, st.ts, st.error or ""
+            )
 
     @_shielded
     async def upsert_edge_state(self, st: EdgeState) -> bool | None:
@@ -257,7 +265,37 @@ class Store:
                     st.version,
                     st.reason,
                 )
+            await self._availability(
+                s, st.campus, st.edge, "edge", before, st.online, st.ts, st.reason or "offline"
+            )
         return before
+
+    @staticmethod
+    async def _availability(
+        s: AsyncSession,
+        campus: str,
+        device: str,
+        kind: str,
+        before: bool | None,
+        online: bool,
+        ts: datetime,
+        cause: str,
+    ) -> None:
+        """Keep the outage record in step with a status change (same transaction)."""
+        if before is None and await s.get(DeviceSeen, (campus, device)) is None:
+            s.add(DeviceSeen(campus=campus, device=device, kind=kind, first_seen=ts))
+        if online == before:
+            return
+        open_q = select(OutageRow).where(
+            OutageRow.campus == campus, OutageRow.device == device, OutageRow.end.is_(None)
+        )
+        open_rows = list((await s.execute(open_q)).scalars())
+        if not online and not open_rows:
+            s.add(OutageRow(campus=campus, device=device, kind=kind, start=ts, cause=cause[:500]))
+        elif online:
+            for o in open_rows:
+                start = aware(o.start)
+                o.end = ts if start is None or ts >= start else start
 
     # --- relay queue ----------------------------------------------------------------------
 
@@ -507,6 +545,105 @@ class Store:
             if rows:
                 await s.execute(delete(EvidenceRow).where(EvidenceRow.id.in_([r.id for r in rows])))
             return rows
+
+    # --- uptime -----------------------------------------------------------------------------
+
+    @_shielded
+    async def uptime_inputs(
+        self, start: datetime, end: datetime, campuses: list[str] | None
+    ) -> tuple[list[Any], list[Any], list[Any]]:
+        """What an availability report over ``[start, end)`` needs, in one read: plain rows
+        (attribute access by column name), not ORM objects: a district month is tens of
+        thousands of outages, and identity-mapped objects would cost more than the report."""
+        async with self.session() as s:
+            seen_q = select(
+                DeviceSeen.campus, DeviceSeen.device, DeviceSeen.kind, DeviceSeen.first_seen
+            ).where(DeviceSeen.first_seen < end)
+            out_q = select(
+                OutageRow.campus, OutageRow.device, OutageRow.start, OutageRow.end, OutageRow.cause
+            ).where(OutageRow.start < end, or_(OutageRow.end.is_(None), OutageRow.end > start))
+            mw_q = select(
+                MaintenanceRow.campus,
+                MaintenanceRow.device,
+                MaintenanceRow.start,
+                MaintenanceRow.end,
+            ).where(
+                MaintenanceRow.start < end,
+                or_(MaintenanceRow.end.is_(None), MaintenanceRow.end > start),
+            )
+            if campuses is not None:
+                seen_q = seen_q.where(DeviceSeen.campus.in_(campuses))
+                out_q = out_q.where(OutageRow.campus.in_(campuses))
+                mw_q = mw_q.where(MaintenanceRow.campus.in_(campuses))
+            seen = list((await s.execute(seen_q)).all())
+            outages = list((await s.execute(out_q)).all())
+            windows = list((await s.execute(mw_q)).all())
+            return seen, outages, windows
+
+    @_shielded
+    async def add_maintenance(self, row: MaintenanceRow) -> MaintenanceRow:
+        async with self.session() as s, s.begin():
+            s.add(row)
+        return row
+
+    @_shielded
+    async def end_maintenance(self, window_id: int, at: datetime) -> MaintenanceRow | None:
+        async with self.session() as s, s.begin():
+            row = await s.get(MaintenanceRow, window_id)
+            if row is not None and (row.end is None or aware(row.end) > at):  # type: ignore[operator]
+                row.end = max(at, aware(row.start) or at)
+            return row
+
+    @_shielded
+    async def maintenance(
+        self, campuses: list[str] | None = None, limit: int = 200
+    ) -> list[MaintenanceRow]:
+        async with self.session() as s:
+            q = select(MaintenanceRow).order_by(MaintenanceRow.start.desc()).limit(limit)
+            if campuses is not None:
+                q = q.where(MaintenanceRow.campus.in_(campuses))
+            return list((await s.execute(q)).scalars())
+
+    @_shielded
+    async def alarms_between(
+        self, start: datetime, end: datetime, campuses: list[str] | None
+    ) -> list[AlarmRow]:
+        async with self.session() as s:
+            q = select(AlarmRow).where(AlarmRow.edge_ts >= start, AlarmRow.edge_ts < end)
+            if campuses is not None:
+                q = q.where(AlarmRow.campus.in_(campuses))
+            return list((await s.execute(q)).scalars())
+
+    # --- embedded telemetry -------------------------------------------------------------------
+
+    @_shielded
+    async def add_telemetry(self, rows: list[TelemetryRow]) -> None:
+        async with self.session() as s, s.begin():
+            s.add_all(rows)
+
+    @_shielded
+    async def telemetry(
+        self, campus: str, device: str, start: datetime, end: datetime, limit: int = 10000
+    ) -> list[TelemetryRow]:
+        async with self.session() as s:
+            q = (
+                select(TelemetryRow)
+                .where(
+                    TelemetryRow.campus == campus,
+                    TelemetryRow.device == device,
+                    TelemetryRow.ts >= start,
+                    TelemetryRow.ts < end,
+                )
+                .order_by(TelemetryRow.ts)
+                .limit(limit)
+            )
+            return list((await s.execute(q)).scalars())
+
+    @_shielded
+    async def expire_telemetry(self, before: datetime) -> int:
+        async with self.session() as s, s.begin():
+            res = await s.execute(delete(TelemetryRow).where(TelemetryRow.ts < before))
+            return int(res.rowcount or 0)  # type: ignore[attr-defined]
 
     # --- queries --------------------------------------------------------------------------
 
