@@ -75,10 +75,23 @@ def edge_subscriptions(campus: str) -> list[str]:
     return [f"{campus_root(campus)}/down/#"]
 
 
-def gateway_subscriptions(share_group: str | None) -> list[str]:
-    """What a gateway subscribes to; with a share group several gateways split the load."""
-    base = f"{ROOT}/{VERSION}/+/up/#"
-    return [f"$share/{share_group}/{base}" if share_group else base]
+def gateway_subscriptions(
+    share_group: str | None, stream: Literal["all", "events", "telemetry"] = "all"
+) -> list[str]:
+    """What a gateway subscribes to; with a share group several gateways split the load.
+
+    ``events`` (alarms, events, states, evidence) and ``telemetry`` are separate streams so a
+    gateway can take them on separate connections: an alarm never waits in line behind a
+    flood of telemetry.
+    """
+    root = f"{ROOT}/{VERSION}/+/up"
+    if stream == "all":
+        bases = [f"{root}/#"]
+    elif stream == "telemetry":
+        bases = [f"{root}/telemetry"]
+    else:
+        bases = [f"{root}/event", f"{root}/edge", f"{root}/device/+", f"{root}/evidence"]
+    return [f"$share/{share_group}/{b}" if share_group else b for b in bases]
 
 
 @dataclass(frozen=True, slots=True)

@@ -149,6 +149,8 @@ def create_app(rt: GatewayRuntime) -> FastAPI:
         return {
             "gateway": rt.cfg.gateway.id,
             "broker_connected": rt.mqtt.connected.is_set(),
+            "telemetry_connected": rt.telemetry_mqtt.connected.is_set(),
+            "backlog": {"events": rt.mqtt.backlog, "telemetry": rt.telemetry_mqtt.backlog},
             "police_paths": {
                 name: {"ok": p.ok, "since": p.since, "reason": p.reason}
                 for name, p in rt.paths.items()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Literal
 
 import aiomqtt
 
@@ -37,10 +38,12 @@ class GatewayMqtt(Service):
         share_group: str | None,
         ingest: Ingest,
         store: Store,
+        stream: Literal["events", "telemetry"] = "events",
     ) -> None:
         super().__init__()
         self._cfg = cfg
         self._id = gateway_id
+        self.stream = stream
         self._share = share_group
         self._ingest = ingest
         self._store = store
@@ -55,17 +58,32 @@ class GatewayMqtt(Service):
             port=self._cfg.port,
             username=self._cfg.username,
             password=self._cfg.secret(),
-            identifier=self._cfg.client_id or f"cg-gw-{self._id}",
+            identifier=self.client_id,
             clean_session=False,
             keepalive=self._cfg.keepalive,
             timeout=self._cfg.connect_timeout,
             tls_params=tls_params(self._cfg),
-            max_queued_incoming_messages=10000,
+            # Never discard (aiomqtt drops what exceeds a bounded queue, and a dropped message
+            # is never acknowledged). Memory is bounded by what the campuses send in a burst;
+            # ``backlog`` shows it, and the health endpoint reports it.
+            max_queued_incoming_messages=0,
         )
         # aiomqtt has no switch for it: paho's manual ack, so a message is acknowledged to
         # the broker only once it is in the database.
         client._client.manual_ack_set(True)
         return client
+
+    @property
+    def client_id(self) -> str:
+        base = self._cfg.client_id or f"cg-gw-{self._id}"
+        return base if self.stream == "events" else f"{base}-telemetry"
+
+    @property
+    def backlog(self) -> int:
+        """Messages received and waiting to be handled."""
+        client = self._live
+        queue = getattr(client, "_queue", None) if client is not None else None
+        return int(queue.qsize()) if queue is not None else 0
 
     async def _run(self) -> None:
         backoff = Backoff()
@@ -74,18 +92,30 @@ class GatewayMqtt(Service):
         while True:
             try:
                 async with client:
-                    for sub in topics.gateway_subscriptions(self._share):
+                    # A session kept from a version that took every stream on one connection
+                    # would still deliver telemetry here: drop that filter (harmless if none).
+                    if self.stream == "events":
+                        await client.unsubscribe(topics.gateway_subscriptions(self._share)[0])
+                    for sub in topics.gateway_subscriptions(self._share, self.stream):
                         await client.subscribe(sub, qos=1)
                     backoff.reset()
                     self._live = client
                     self.connected.set()
                     down_logged = False
-                    log.info("gateway connected to broker %s:%d", self._cfg.host, self._cfg.port)
-                    await run_together(
-                        self._receive(client),
-                        self._downlink(client),
-                        self._send_receipts(client),
+                    log.info(
+                        "gateway connected to broker %s:%d (%s stream)",
+                        self._cfg.host,
+                        self._cfg.port,
+                        self.stream,
                     )
+                    if self.stream == "events":
+                        await run_together(
+                            self._receive(client),
+                            self._downlink(client),
+                            self._send_receipts(client),
+                        )
+                    else:
+                        await self._receive(client)
             except aiomqtt.MqttError as exc:
                 if cancel_requested():
                     # aiomqtt can turn a cancellation during connect into an MqttError.

@@ -44,6 +44,7 @@ class GatewayRuntime:
     workers: dict[str, RelayWorker]
     vault: EvidenceVault
     telemetry: TelemetrySink
+    telemetry_mqtt: GatewayMqtt
     paths: dict[str, PathHealth] = field(default_factory=dict)
     http_port: int | None = None
 
@@ -134,6 +135,17 @@ async def run_gateway(cfg: GatewayConfig) -> AsyncIterator[GatewayRuntime]:
             mqtt = await stack.enter_async_context(
                 GatewayMqtt(cfg.mqtt, cfg.gateway.id, cfg.gateway.share_group, ingest, store)
             )
+            # Telemetry on its own connection: an alarm never waits behind a telemetry burst.
+            telemetry_mqtt = await stack.enter_async_context(
+                GatewayMqtt(
+                    cfg.mqtt,
+                    cfg.gateway.id,
+                    cfg.gateway.share_group,
+                    ingest,
+                    store,
+                    stream="telemetry",
+                )
+            )
 
             async def delivered(event: Event, path: str | None) -> None:
                 found = await store.alarm(event.id)
@@ -142,7 +154,7 @@ async def run_gateway(cfg: GatewayConfig) -> AsyncIterator[GatewayRuntime]:
             for w in workers.values():
                 w.on_step = mqtt.wake_downlink.set
                 w.on_delivered = delivered
-            rt = GatewayRuntime(cfg, store, ingest, mqtt, workers, vault, telemetry)
+            rt = GatewayRuntime(cfg, store, ingest, mqtt, workers, vault, telemetry, telemetry_mqtt)
             rt_ref.append(rt)
             background.append(
                 asyncio.create_task(vault.run_sweeper(store), name="evidence-sweeper")

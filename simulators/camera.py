@@ -63,6 +63,7 @@ __all__ = ["SNAPSHOT_JPEG", "CameraSimulator", "Notification", "SnapshotFault"]
 log = logging.getLogger(__name__)
 
 SnapshotFault = Literal["401", "timeout"]
+MalformedMode = Literal["truncated", "html", "wrong"]
 
 NS = {
     "env": "http://www.w3.org/2003/05/soap-envelope",
@@ -279,6 +280,10 @@ class CameraSimulator:
         snapshot_fail: ``"401"``: the snapshot always refuses the credentials;
             ``"timeout"``: it never answers (until the simulator stops).
         snapshot_delay: Seconds every snapshot takes before it answers (a slow camera).
+        malformed: While set, every SOAP answer but GetSystemDateAndTime is broken:
+            ``"truncated"`` (the XML cut off half-way), ``"html"`` (an HTML error page with
+            status 200, as a camera behind a broken proxy gives) or ``"wrong"`` (a well-formed
+            envelope with an answer the operation never returns).
         subscription_cap: See above; settable at run time.
         subscriptions_created: CreatePullPointSubscription calls that succeeded.
         pulls: PullMessages calls received (on live subscriptions or not).
@@ -335,6 +340,7 @@ class CameraSimulator:
         self.pull_fail = False
         self.snapshot_fail: SnapshotFault | None = None
         self.snapshot_delay = 0.0
+        self.malformed: MalformedMode | None = None
         self.subscriptions_created = 0
         self.pulls = 0
         self.auth_failures = 0
@@ -358,7 +364,10 @@ class CameraSimulator:
 
     async def __aenter__(self) -> Self:
         """Bind, start serving, fill in :attr:`port`."""
-        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
+        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted sockets only when the
+        # listening socket says TCP; without it every answer waits ~40 ms for a delayed ACK.
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         sock.setblocking(False)
@@ -518,6 +527,7 @@ class CameraSimulator:
             "snapshot_delay",
             "subscription_cap",
             "password",
+            "malformed",
         }
         if not knobs & query.keys():
             raise ValueError(f"name at least one of {', '.join(sorted(knobs))}")
@@ -538,6 +548,11 @@ class CameraSimulator:
         if "subscription_cap" in query:
             cap = query["subscription_cap"].strip().lower()
             self.subscription_cap = None if cap in ("", "none") else max(0, int(cap))
+        if "malformed" in query:
+            mode = query["malformed"].strip().lower()
+            if mode not in ("truncated", "html", "wrong", "none", ""):
+                raise ValueError("malformed must be truncated, html, wrong or none")
+            self.malformed = None if mode in ("none", "") else mode  # type: ignore[assignment]
         if "password" in query:
             if not query["password"]:
                 raise ValueError("password must not be empty")
@@ -551,6 +566,7 @@ class CameraSimulator:
         self.pull_fail = False
         self.snapshot_fail = None
         self.snapshot_delay = 0.0
+        self.malformed = None
         self.subscription_cap = None
         self.password = self._password0
 
@@ -561,6 +577,7 @@ class CameraSimulator:
             "username": self.username,
             "password_changed": self.password != self._password0,
             "snapshot_delay": self.snapshot_delay,
+            "malformed": self.malformed,
             "stream_uri": self.stream.url if self.stream is not None else self.stream_uri,
             "stream_codec": None if self.stream is None else self.stream.codec,
             "http_port": self.http_port,
@@ -573,7 +590,8 @@ class CameraSimulator:
         * ``POST /drop``: forget every subscription (a camera reboot).
         * ``POST /fault?<knob>=<value>...``: :meth:`set_faults`; knobs ``clock_offset``
           (s), ``pull_delay`` (s), ``pull_fail`` (0/1), ``snapshot`` (401, timeout, ok),
-          ``snapshot_delay`` (s), ``subscription_cap`` (n or none), ``password``.
+          ``snapshot_delay`` (s), ``subscription_cap`` (n or none), ``password``,
+          ``malformed`` (truncated, html, wrong or none).
         * ``POST /normal``: :meth:`clear_faults`.
         """
 
@@ -614,9 +632,25 @@ class CameraSimulator:
                 status, payload = fault.status, _fault_body(fault)
             envelope = f'<?xml version="1.0" encoding="UTF-8"?>\n<env:Envelope {_XMLNS}>'
             envelope += f"<env:Body>{payload}</env:Body></env:Envelope>"
+            if self.malformed is not None and b"GetSystemDateAndTime" not in body:
+                return self._malformed_answer(envelope)
             return Response(envelope.encode(), status_code=status, media_type=_SOAP_CT)
 
         return endpoint
+
+    def _malformed_answer(self, envelope: str) -> Response:
+        if self.malformed == "html":
+            page = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+            return Response(page, status_code=200, media_type="text/html")
+        if self.malformed == "wrong":
+            wrong = (
+                f'<?xml version="1.0" encoding="UTF-8"?>\n<env:Envelope {_XMLNS}><env:Body>'
+                "<tds:GetHostnameResponse><tds:HostnameInformation><tt:FromDHCP>false"
+                "</tt:FromDHCP></tds:HostnameInformation></tds:GetHostnameResponse>"
+                "</env:Body></env:Envelope>"
+            )
+            return Response(wrong.encode(), status_code=200, media_type=_SOAP_CT)
+        return Response(envelope[: len(envelope) // 2].encode(), media_type=_SOAP_CT)
 
     async def _soap(self, service: str, request: Request, body: bytes) -> tuple[int, str]:
         try:

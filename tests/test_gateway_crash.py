@@ -41,7 +41,7 @@ async def test_sigkill_mid_relay_delivers_once(
         proc = start_gateway(cfg_file, log)
         try:
             # The gateway's persistent session must exist before campuses publish to it.
-            await wait_for(lambda: "connected to broker" in log.read_text(), timeout=30)
+            await wait_for(lambda: "(events stream)" in log.read_text(), timeout=30)
             events = [make_event(seq=i + 1, zone_no=i + 1) for i in range(3)]
             async with client(mosquitto.port) as campus:
                 for ev in events:

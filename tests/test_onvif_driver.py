@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from drivers.onvif import (
     CameraAuthError,
     CameraEvent,
+    CameraProtocolError,
     CameraTimeout,
     CameraUnreachable,
     OnvifCamera,
@@ -110,6 +111,23 @@ async def test_snapshot_faults(sim: CameraSimulator) -> None:
         assert time.monotonic() - started < 3
         sim.snapshot_fail = None
         assert await cam.snapshot("profile_main") == SNAPSHOT_JPEG
+
+
+@pytest.mark.parametrize("mode", ["truncated", "html", "wrong"])
+async def test_malformed_answers_are_a_protocol_error(sim: CameraSimulator, mode: str) -> None:
+    """A camera (or a proxy in front of it) answering garbage: a clear device error, never a
+    crash and never a hang; the same camera answering properly again works again."""
+    async with camera(sim, timeout=2) as cam:
+        sim.malformed = mode  # type: ignore[assignment]
+        # (The library parses leniently, as sloppy cameras need: a list cut off after a
+        # whole item comes back as the items before the cut. Single answers cannot.)
+        calls = [cam.device_info] if mode == "truncated" else [cam.device_info, cam.profiles]
+        for call in calls:
+            with pytest.raises(CameraProtocolError) as err:
+                await call()
+            assert "camera" in str(err.value)
+        sim.malformed = None
+        assert (await cam.device_info()).model == "SimCam 1"
 
 
 async def test_unreachable() -> None:

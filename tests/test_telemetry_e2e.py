@@ -11,6 +11,7 @@ from typing import Any
 
 import aiomqtt
 import httpx
+import pytest
 from pydantic import SecretStr
 
 from contract import topics
@@ -20,6 +21,7 @@ from edge import telemetry as edge_telemetry
 from edge.daemon import run_edge
 from edge.outbox import PRIORITY_ALARM, PRIORITY_TELEMETRY, Outbox
 from gateway.service import GatewayRuntime, run_gateway
+from gateway.telemetry.sink import InfluxSink
 from simulators.modbus_io import DIModuleSimulator
 from tests.edgekit import edge_config
 from tests.gwkit import CAMPUS, gateway_config
@@ -122,7 +124,7 @@ def batch(**kw: Any) -> dict[str, Any]:
 
 async def test_bad_telemetry_is_rejected_and_counted(mosquitto: Mosquitto, tmp_path: Path) -> None:
     async with run_gateway(gw_cfg(tmp_path, mosquitto.port)) as gw:
-        await wait_for(gw.mqtt.connected.is_set)
+        await wait_for(gw.telemetry_mqtt.connected.is_set)
         topic = topics.telemetry_topic(CAMPUS)
         junk = [
             batch(samples=[{"device": "d", "kind": "camera", "fields": {"fps": "25"}}]),
@@ -331,3 +333,75 @@ async def test_telemetry_and_alarm_latency_reach_influxdb(
             (alarm,) = influx.rows('SELECT * FROM "alarm" WHERE "restore" = \'false\'')
             assert alarm["kind"] == "panic" and alarm["path"] == "primary"
             assert 0 < alarm["edge_to_gateway_ms"] <= alarm["to_police_ms"] < 5000
+
+
+def campus_batch(n: int, ts: datetime) -> bytes:
+    samples = [
+        {"device": f"dev-{d:02d}", "kind": "di_module", "fields": {"online": True, "requests": n}}
+        for d in range(30)
+    ]
+    samples.append({"device": "edge-1", "kind": "edge", "fields": {"cpu_pct": 1.5}})
+    body = {"campus": CAMPUS, "edge": "edge-1", "ts": ts.isoformat(), "interval_s": 30.0}
+    return json.dumps({**body, "samples": samples}).encode()
+
+
+@pytest.mark.parametrize(
+    "down_s",
+    [
+        pytest.param(4.0, id="short"),
+        pytest.param(180.0, id="3min", marks=[pytest.mark.slow, pytest.mark.timeout(600)]),
+    ],
+)
+async def test_influxdb_down_under_load_loses_nothing(
+    mosquitto: Mosquitto, influx: Influx, tmp_path: Path, down_s: float
+) -> None:
+    """Telemetry keeps coming over MQTT while InfluxDB is killed for a while: the gateway
+    spools to disk with its memory bounded, and every point is in InfluxDB afterwards."""
+    cfg = gateway_config(tmp_path, mosquitto.port, None)
+    influx_cfg = InfluxConfig(
+        api="v1",
+        url=influx.url,
+        database="telemetry",
+        batch_size=500,
+        flush_interval=0.2,
+        timeout=1.0,
+        max_buffer_points=2000,
+    )
+    cfg = cfg.model_copy(update={"influxdb": influx_cfg})
+    sent = 0
+    stop = asyncio.Event()
+    async with run_gateway(cfg) as gw, aiomqtt.Client("127.0.0.1", mosquitto.port) as c:
+        assert isinstance(gw.telemetry, InfluxSink)
+        writer = gw.telemetry.writer
+        await wait_for(gw.telemetry_mqtt.connected.is_set)
+        topic = topics.telemetry_topic(CAMPUS)
+        base = utcnow() - timedelta(hours=1)
+
+        async def edges() -> None:  # 25 batches/s of 31 samples: a large campus group
+            nonlocal sent
+            while not stop.is_set():
+                # distinct timestamps, so no point overwrites another in InfluxDB
+                await c.publish(
+                    topic, campus_batch(sent, base + timedelta(milliseconds=sent)), qos=1
+                )
+                sent += 1
+                await asyncio.sleep(0.04)
+
+        producer = asyncio.create_task(edges())
+        await wait_for(lambda: writer.written >= 500, timeout=20, what="writes flowing")
+        influx.kill()
+        deadline = asyncio.get_running_loop().time() + down_s
+        await wait_for(lambda: writer.spool.points > 0, timeout=30, what="spooling")
+        while asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.2)  # the outage lasts down_s: a span of time, not a wait
+            assert writer.buffer_depth <= influx_cfg.max_buffer_points
+        influx.start()
+        stop.set()
+        await producer
+        total = sent * 31
+        await wait_for(lambda: gw.ingest.telemetry_samples == total, timeout=60, what="all in")
+        await wait_for(lambda: writer.written == total, timeout=120, what="all written")
+        stats = writer.stats()
+    assert stats["max_buffer_seen"] <= influx_cfg.max_buffer_points
+    assert stats["spooled"] > 0 and stats["dropped"] == 0 and stats["rejected"] == 0
+    assert influx.count("di_module", "online") + influx.count("edge", "cpu_pct") == total

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from pathlib import Path
@@ -23,7 +24,14 @@ finally:
     _root.handlers[:] = _saved_handlers
     _root.setLevel(_saved_level)
 
-__all__ = ["WSDL_DIR", "ONVIFAuthError", "ONVIFError", "ONVIFTimeoutError", "new_camera"]
+__all__ = [
+    "WSDL_DIR",
+    "ONVIFAuthError",
+    "ONVIFError",
+    "ONVIFTimeoutError",
+    "new_camera",
+    "warm_wsdl_cache",
+]
 
 # The package's own WSDLs: the library's default path is computed the same way, but passing it
 # explicitly keeps a vendored or patched copy from being picked up by accident.
@@ -42,3 +50,33 @@ def new_camera(host: str, port: int, username: str, password: str) -> Any:
         return ONVIFCamera(host, port, username, password, wsdl_dir=WSDL_DIR, adjust_time=True)
     finally:
         os.environ.update(saved)
+
+
+_WARM_WSDLS = ("devicemgmt.wsdl", "media.wsdl", "events.wsdl")
+_warm: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+_warmed = False
+
+
+async def warm_wsdl_cache() -> None:
+    """Parse the WSDLs we use once per process, one after the other, before any connect.
+
+    The library caches each parsed WSDL (``onvif.client._cached_document``) but does not guard
+    a load already under way: 32 cameras connecting at once each parse their own copy (measured:
+    +100 MiB and seconds of CPU, long enough for connects to time out). No network; failures
+    (a library version without that cache) are ignored, connects then parse as before.
+    """
+    global _warmed
+    if _warmed:
+        return
+    lock = _warm.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+    async with lock:
+        if _warmed:
+            return
+        try:
+            from onvif.client import _cached_document
+
+            for name in _WARM_WSDLS:
+                await _cached_document(str(Path(WSDL_DIR) / name))
+        except Exception:  # pragma: no cover - a library change; connects still work
+            logging.getLogger(__name__).debug("WSDL warm-up skipped", exc_info=True)
+        _warmed = True

@@ -121,6 +121,7 @@ class OnvifCamera:
         """
         if self._cam is not None:
             return
+        await _lib.warm_wsdl_cache()  # once per process: see there
         self._cam = _lib.new_camera(self.host, self.port, self._username, self._password)
         try:
             await self.call("connect", self._cam.update_xaddrs)
@@ -168,6 +169,10 @@ class OnvifCamera:
 
         info = await self.call("GetDeviceInformation", get)
         with self._parsing("GetDeviceInformation"):
+            if info is None or not (_text(info.Manufacturer) or _text(info.Model)):
+                raise CameraProtocolError(
+                    self.name, "GetDeviceInformation", "answer has no Manufacturer or Model"
+                )
             return DeviceInfo(
                 manufacturer=_text(info.Manufacturer),
                 model=_text(info.Model),
@@ -184,6 +189,8 @@ class OnvifCamera:
             return await media.GetProfiles()
 
         answer = await self.call("GetProfiles", get)
+        if answer is None:
+            raise CameraProtocolError(self.name, "GetProfiles", "answer has no Profiles")
         result: list[Profile] = []
         with self._parsing("GetProfiles"):
             for item in answer or ():

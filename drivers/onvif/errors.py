@@ -157,6 +157,15 @@ _BOUNDARY_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+_MALFORMED: tuple[type[BaseException], ...] = (
+    TypeError,
+    AttributeError,
+    KeyError,
+    IndexError,
+    ValueError,
+)
+
+
 @contextlib.contextmanager
 def boundary(host: str, action: str) -> Iterator[None]:
     """Translate what the block raises into :class:`CameraError`.
@@ -173,3 +182,8 @@ def boundary(host: str, action: str) -> Iterator[None]:
         if task is not None and task.cancelling():
             raise
         raise translate(exc, host, action) from exc
+    except _MALFORMED as exc:
+        # zeep trips over an answer it cannot map (a truncated envelope, a body that is not
+        # the operation's answer) with plain Python errors: the camera's fault, not ours.
+        detail = f"malformed answer ({type(exc).__name__}: {exc})"[:300]
+        raise CameraProtocolError(host, action, detail) from exc
