@@ -106,7 +106,8 @@ async def test_bad_messages_rejected_counted_service_continues(
             await campus.publish(
                 topics.event_topic("stranger"), make_event().model_dump_json(), qos=1
             )
-            await campus.publish("cg/v1/test-campus/up/weird", b"{}", qos=1)
+            # an empty device id: the gateway's subscription matches it, the tree does not
+            await campus.publish("cg/v1/test-campus/up/device/", b"{}", qos=1)
             good = make_event()
             await publish_event(campus, good)
             await police.wait_for(lambda: len(police.alarms) == 1)
