@@ -96,13 +96,14 @@ def demo(
     ),
     broker_port: Annotated[int, typer.Option(help="embedded broker port (0: free port)")] = 0,
     http_port: Annotated[int, typer.Option(help="gateway API port (0: free port)")] = 8080,
+    console_port: Annotated[int, typer.Option(help="guard console port (0: free port)")] = 8090,
     verbose: Verbose = False,
 ) -> None:
     """A whole campus and centre on this machine: broker, simulators, edge, gateway, police."""
     _logging(verbose)
     from campusguard.demo import run_demo
 
-    _run(run_demo(data_dir, duration, broker_port, http_port))
+    _run(run_demo(data_dir, duration, broker_port, http_port, console_port))
 
 
 @sim_app.command("modbus")
@@ -315,6 +316,143 @@ def bollard_send(
     raise typer.Exit(code)
 
 
+drill_app = typer.Typer(help="Start, end and list drills (through the gateway's HTTP API).")
+app.add_typer(drill_app, name="drill")
+
+ApiUrl = Annotated[str, typer.Option("--url", envvar="CG_API_URL", help="the gateway's HTTP API")]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option("--token", envvar="CG_API_TOKEN", help="bearer token (api_tokens)"),
+]
+
+
+def _drill_call(method: str, url: str, path: str, token: str | None, **kw: Any) -> Any:
+    from campusguard.drill_cli import call
+
+    code, body = call(method, url, path, token, lambda t: typer.echo(t, err=True), **kw)
+    if code:
+        raise typer.Exit(code)
+    return body
+
+
+@drill_app.command("start")
+def drill_start(
+    campus: Annotated[str, typer.Option(help="campus id")],
+    kind: Annotated[
+        str, typer.Option(help="fire, earthquake, stampede, intruder or other")
+    ] = "other",
+    minutes: Annotated[
+        float | None, typer.Option(help="length; default the gateway's drills.default_minutes")
+    ] = None,
+    at: Annotated[
+        str | None, typer.Option(help="schedule it: ISO time with zone, 2026-12-01T09:00+08:00")
+    ] = None,
+    note: Annotated[str, typer.Option(help="kept with the record")] = "",
+    url: ApiUrl = "http://127.0.0.1:8080",
+    token: TokenOpt = None,
+) -> None:
+    """Start a drill now (alarms of the campus go to the police as tests) or schedule one."""
+    body: dict[str, Any] = {"campus": campus, "kind": kind, "note": note, "source": "cli"}
+    if minutes is not None:
+        body["minutes"] = minutes
+    if at is not None:
+        body["planned_start"] = at
+    from campusguard.drill_cli import line
+
+    d = _drill_call("POST", url, "/api/drills", token, json=body)
+    typer.echo(("scheduled " if d["status"] == "scheduled" else "started ") + line(d))
+
+
+@drill_app.command("end")
+def drill_end(
+    drill_id: Annotated[str, typer.Argument(help="the drill's id")],
+    url: ApiUrl = "http://127.0.0.1:8080",
+    token: TokenOpt = None,
+) -> None:
+    """End a running drill (the campus confirms) or cancel a scheduled one."""
+    from campusguard.drill_cli import line
+
+    d = _drill_call("POST", url, f"/api/drills/{drill_id}/end", token)
+    typer.echo(("cancelled " if d["state"] == "cancelled" else "ending ") + line(d))
+
+
+@drill_app.command("list")
+def drill_list(
+    campus: Annotated[str | None, typer.Option(help="only this campus")] = None,
+    state: Annotated[
+        str | None,
+        typer.Option(help="scheduled, requested, running, ended or cancelled"),
+    ] = None,
+    url: ApiUrl = "http://127.0.0.1:8080",
+    token: TokenOpt = None,
+) -> None:
+    """List drill records, newest first."""
+    from campusguard.drill_cli import line
+
+    rows = _drill_call("GET", url, "/api/drills", token, params={"campus": campus, "state": state})
+    for d in rows:
+        typer.echo(line(d))
+    if not rows:
+        typer.echo("no drills")
+
+
+@drill_app.command("compliance")
+def drill_compliance(
+    campus: Annotated[str | None, typer.Option(help="only this campus")] = None,
+    format: Annotated[str, typer.Option(help="table, json or csv")] = "table",
+    url: ApiUrl = "http://127.0.0.1:8080",
+    token: TokenOpt = None,
+) -> None:
+    """Which campuses are overdue for a drill. Exit code 1 if any is."""
+    fmt = "csv" if format == "csv" else "json"
+    out = _drill_call(
+        "GET", url, "/api/drills/compliance", token, params={"campus": campus, "format": fmt}
+    )
+    if format == "csv":
+        typer.echo(out, nl=False)
+    elif format == "json":
+        typer.echo(json.dumps(out, indent=2, ensure_ascii=False))
+    else:
+        for r in out:
+            flag = "OVERDUE" if r["overdue"] else "ok"
+            typer.echo(
+                f"{r['campus']:<24} {r['type']:<12} {r['required']:<9} {flag:<7} "
+                f"this period {r['drills_this_period']}  last {r['last_drill_end'] or 'never'}"
+                f"  due {r['next_due']}"
+            )
+    if any(r["overdue"] for r in (out if isinstance(out, list) else [])):
+        raise typer.Exit(1)
+
+
+@app.command()
+def selftest(
+    campus: Annotated[str, typer.Option(help="campus id")],
+    device: Annotated[str, typer.Option(help="device id on that campus")],
+    gateway: Annotated[str, typer.Option(help="the gateway API's URL")] = "http://127.0.0.1:8080",
+    token: Annotated[
+        str | None, typer.Option(help="API bearer token; default env CG_API_TOKEN")
+    ] = None,
+    mode: Annotated[
+        str, typer.Option(help="synthetic (a test event) or pulse (the test output)")
+    ] = "synthetic",
+    timeout: Annotated[float, typer.Option(help="seconds before it counts as failed")] = 30.0,
+) -> None:
+    """Prove one device's alarm path end to end and time each hop (exit 0 only if all did)."""
+    if mode not in ("synthetic", "pulse"):
+        typer.echo("campusguard: --mode must be synthetic or pulse", err=True)
+        raise typer.Exit(2)
+    token = token or os.environ.get("CG_API_TOKEN")
+    if not token:
+        typer.echo("campusguard: give --token or set CG_API_TOKEN", err=True)
+        raise typer.Exit(2)
+    from campusguard.selftest_cli import run_selftest
+
+    code = run_selftest(
+        gateway, token, campus=campus, device=device, mode=mode, timeout=timeout, say=typer.echo
+    )
+    raise typer.Exit(code)
+
+
 discover_app = typer.Typer(help="Find devices on the campus network.")
 app.add_typer(discover_app, name="discover")
 
@@ -414,6 +552,28 @@ def discover_onvif(
             typer.echo(f"campusguard: cannot write {write}: {exc}", err=True)
             raise typer.Exit(2) from None
         typer.echo(f"wrote {len(result.cameras)} camera(s) to {write}")
+
+
+console_app = typer.Typer(help="The guard console served by the campus edge.")
+app.add_typer(console_app, name="console")
+
+
+@console_app.command("hash-password")
+def console_hash_password(
+    password: Annotated[
+        str | None,
+        typer.Option(help="the password (default: asked twice, not echoed; avoid the history)"),
+    ] = None,
+) -> None:
+    """Print the argon2id hash for a console user's ``password_hash``."""
+    from edge.console.auth import hash_password
+
+    if password is None:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if len(password) < 8:
+        typer.echo("campusguard: a console password needs at least 8 characters", err=True)
+        raise typer.Exit(2)
+    typer.echo(hash_password(password))
 
 
 @config_app.command("check")

@@ -65,7 +65,27 @@ async def embedded_broker(port: int) -> AsyncIterator[int]:
         await broker.shutdown()
 
 
-def _edge_cfg(data_dir: Path, broker: int, modbus: int, bollards: int, camera: int) -> EdgeConfig:
+DEMO_USERS = (
+    ("guard", "门卫 张师傅", "guard", "guard-demo"),
+    ("lead", "安保主任 李老师", "supervisor", "lead-demo"),
+)
+"""The demo console's accounts (user, name, role, password): printed at start. A real edge
+takes hashes from `campusguard console hash-password`, never a password in a file."""
+
+
+def _console_users() -> list[dict[str, str]]:
+    from argon2 import PasswordHasher
+
+    ph = PasswordHasher()
+    return [
+        {"user": u, "name": n, "role": r, "password_hash": ph.hash(pw)}
+        for u, n, r, pw in DEMO_USERS
+    ]
+
+
+def _edge_cfg(
+    data_dir: Path, broker: int, modbus: int, bollards: int, camera: int, console_port: int
+) -> EdgeConfig:
     return parse_config(
         {
             "campus": {
@@ -78,8 +98,18 @@ def _edge_cfg(data_dir: Path, broker: int, modbus: int, bollards: int, camera: i
             "edge": {"id": "edge-1", "data_dir": str(data_dir / "edge"), "status_interval": 10},
             "mqtt": {"host": "127.0.0.1", "port": broker},
             "zones": [
-                {"id": "guardroom", "name": "门卫室", "location": "南门门卫室"},
-                {"id": "gate-south", "name": "南门", "location": "南门校门口"},
+                {
+                    "id": "guardroom",
+                    "name": "门卫室",
+                    "location": "南门门卫室",
+                    "plan": {"x": 0.42, "y": 0.86},
+                },
+                {
+                    "id": "gate-south",
+                    "name": "南门",
+                    "location": "南门校门口",
+                    "plan": {"x": 0.5, "y": 0.95},
+                },
             ],
             "devices": [
                 {
@@ -148,6 +178,20 @@ def _edge_cfg(data_dir: Path, broker: int, modbus: int, bollards: int, camera: i
                     "location": "门卫室值班台上方",
                 }
             ],
+            "console": {
+                "enabled": True,
+                "host": "127.0.0.1",
+                "port": console_port,
+                "users": _console_users(),
+                "procedures": {
+                    "panic": [
+                        "确认报警位置，通过监控画面查看现场",
+                        "携带防卫器械赶赴现场，同时通知安保主任",
+                        "公安已自动收到报警；保持电话畅通，引导民警到场",
+                    ],
+                    "bollard_impact": ["查看大门监控，确认车辆冲撞情况", "封闭校门，疏散门口学生"],
+                },
+            },
         },
         EdgeConfig,
         "demo edge config",
@@ -199,7 +243,11 @@ def _say(text: str = "") -> None:
 
 
 async def run_demo(
-    data_dir: Path, duration: float | None, broker_port: int = 0, http_port: int = 8080
+    data_dir: Path,
+    duration: float | None,
+    broker_port: int = 0,
+    http_port: int = 8080,
+    console_port: int = 8090,
 ) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (once, at start)
     police_log = data_dir / "police-received.jsonl"
@@ -228,9 +276,15 @@ async def run_demo(
             gw = await stack.enter_async_context(
                 run_gateway(_gateway_cfg(data_dir, broker, police.tcp_port, 0))
             )
-        edge = await stack.enter_async_context(
-            run_edge(_edge_cfg(data_dir, broker, sim.port, plc.port, cam.port))
-        )
+        try:
+            edge = await stack.enter_async_context(
+                run_edge(_edge_cfg(data_dir, broker, sim.port, plc.port, cam.port, console_port))
+            )
+        except OSError:
+            # Port 8090 taken: any free port will do for a demo.
+            edge = await stack.enter_async_context(
+                run_edge(_edge_cfg(data_dir, broker, sim.port, plc.port, cam.port, 0))
+            )
         events = event_listener_queue(edge)
         await asyncio.wait_for(edge.uplink.connected.wait(), 10)
         await asyncio.wait_for(gw.mqtt.connected.wait(), 10)
@@ -248,6 +302,8 @@ async def run_demo(
         )
         _say(f"  police receiver (DC-09 sim)   TCP 127.0.0.1:{police.tcp_port}, log {police_log}")
         _say(f"  gateway API                   {api}/docs")
+        accounts = ", ".join(f"{u} / {pw} ({r})" for u, _, r, pw in DEMO_USERS)
+        _say(f"  guard console                 http://127.0.0.1:{edge.console_port}/  ({accounts})")
         _say("")
         row = await _camera_online(gw.store)  # so that the alarm below gets its picture
         skew = row.points.get("clock_skew_s")

@@ -12,6 +12,7 @@ import os
 import re
 import types
 import typing
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -72,11 +73,19 @@ class MqttConfig(Strict):
         return None
 
 
+class ZonePlanPoint(Strict):
+    """Where a zone sits on the campus plan of the guard console, as fractions of its size."""
+
+    x: float = Field(ge=0, le=1, description="0 = left edge of the plan, 1 = right edge")
+    y: float = Field(ge=0, le=1, description="0 = top edge of the plan, 1 = bottom edge")
+
+
 class ZoneConfig(Strict):
     id: Ident
     name: str = ""
     location: str = Field("", description="where it is, as a guard or policeman would say it")
     geo: Geo | None = None
+    plan: ZonePlanPoint | None = Field(None, description="marker on the guard console's plan")
 
 
 class CampusConfig(Strict):
@@ -98,7 +107,9 @@ class CampusConfig(Strict):
 
 # --- edge -----------------------------------------------------------------------------------
 
-InputKind = Literal["panic", "duress", "holdup", "fire", "intrusion", "tamper"]
+InputKind = Literal["panic", "duress", "holdup", "fire", "intrusion", "tamper", "test"]
+"""``test``: a test input (e.g. wired to the module's test output for ``campusguard selftest``
+pulses); it raises ``test`` events, relayed to the police as a manual test."""
 InputMode = Literal["state", "latch", "counter", "eol"]
 
 
@@ -145,6 +156,21 @@ class SerialConfig(Strict):
     bytesize: Literal[7, 8] = 8
 
 
+class SelftestOutputConfig(Strict):
+    """A digital output of the module wired to one of its ``kind: test`` inputs: the self-test
+    (``mode: pulse``) pulses it so the real input path raises a ``test`` event."""
+
+    channel: int = Field(ge=0, le=63, description="output (DO / relay) number, from 0")
+    pulse_ms: int = Field(300, ge=10, le=10_000, description="how long the output is closed")
+    address: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="coil wire address of the output; default: from the profile's DO map "
+        "(ADAM-60xx 00017+ch, ET-2260 00001+ch, ZLAN6042 00017+ch)",
+    )
+
+
 class ModbusDeviceConfig(Strict):
     id: Ident
     type: Literal["modbus_di"] = "modbus_di"
@@ -160,6 +186,9 @@ class ModbusDeviceConfig(Strict):
     zone: Ident | None = None
     location: str = ""
     inputs: list[InputConfig] = Field(min_length=1)
+    test_output: SelftestOutputConfig | None = Field(
+        None, description="output wired to a kind: test input, pulsed by the self-test"
+    )
 
     @model_validator(mode="after")
     def _transport(self) -> ModbusDeviceConfig:
@@ -170,6 +199,8 @@ class ModbusDeviceConfig(Strict):
         ids = [i.id for i in self.inputs]
         if len(ids) != len(set(ids)):
             raise ValueError("input ids must be unique")
+        if self.test_output is not None and not any(i.kind == "test" for i in self.inputs):
+            raise ValueError("test_output needs an input of kind: test (the one it is wired to)")
         return self
 
 
@@ -348,6 +379,91 @@ class EdgeTelemetryConfig(Strict):
     )
 
 
+class EdgeDrillsConfig(Strict):
+    """Drills at the edge: how long one may run (it ends by itself at its planned end)."""
+
+    max_minutes: float = Field(
+        240.0, gt=0, le=24 * 60, description="longest drill; a longer request is cut to this"
+    )
+    default_minutes: float = Field(
+        30.0, gt=0, le=24 * 60, description="length of a drill started without one"
+    )
+
+    @model_validator(mode="after")
+    def _default_fits(self) -> EdgeDrillsConfig:
+        if self.default_minutes > self.max_minutes:
+            raise ValueError("default_minutes must not exceed max_minutes")
+        return self
+
+
+class EdgeTestSignalConfig(Strict):
+    """The periodic test signal (Contact ID 602 / SIA RP): proof that the campus' whole alarm
+    path works, so the police platform can tell a silent campus from a quiet one."""
+
+    enabled: bool = True
+    interval: float = Field(
+        86400.0, ge=60, le=7 * 86400, description="seconds between test signals (steady timer)"
+    )
+    first_after: float = Field(
+        60.0, ge=0, le=86400, description="seconds after start for the first one"
+    )
+
+
+# --- guard console (edge/console) -------------------------------------------------------------
+
+ConsoleRole = Literal["guard", "supervisor"]
+
+
+class ConsoleUser(Strict):
+    """A local account of the guard console; the password only as an argon2id hash."""
+
+    user: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+    name: Annotated[str, Field(max_length=64)] = ""
+    role: ConsoleRole = "guard"
+    password_hash: Annotated[
+        str,
+        Field(
+            pattern=r"^\$argon2id\$",
+            description="from `campusguard console hash-password`; never the password itself",
+        ),
+    ]
+
+
+class ConsolePlan(Strict):
+    """The campus plan drawn behind the zone markers (an SVG canvas of this size)."""
+
+    image: Path | None = Field(None, description="PNG/JPEG/SVG drawn under the markers")
+    width: int = Field(1000, ge=100, le=10000)
+    height: int = Field(600, ge=100, le=10000)
+
+
+class EdgeConsoleConfig(Strict):
+    """The guard booth console: a web page served by the edge itself, so it keeps working when
+    the campus is cut off from the centre."""
+
+    enabled: bool = False
+    host: str = Field("127.0.0.1", description="address to bind (the booth PC: loopback)")
+    port: int = Field(8090, ge=0, le=65535, description="0 picks a free port")
+    users: list[ConsoleUser] = []
+    session_minutes: float = Field(
+        480.0, gt=0, le=24 * 60, description="a session ends after this long without use"
+    )
+    language: Literal["zh-CN", "en"] = "zh-CN"
+    procedures: dict[EventKind, list[Annotated[str, Field(max_length=300)]]] = Field(
+        default_factory=dict, description="event kind -> the steps the guard follows"
+    )
+    plan: ConsolePlan = ConsolePlan()
+
+    @model_validator(mode="after")
+    def _users(self) -> EdgeConsoleConfig:
+        names = [u.user for u in self.users]
+        if len(names) != len(set(names)):
+            raise ValueError(f"console user names must be unique: {sorted(names)}")
+        if self.enabled and not self.users:
+            raise ValueError("an enabled console needs at least one user")
+        return self
+
+
 class EdgeNode(Strict):
     id: Ident = "edge"
     data_dir: Path = Field(Path("var/edge"), description="outbox and state live here")
@@ -368,6 +484,9 @@ class EdgeConfig(Strict):
     cameras: list[CameraConfig] = []
     evidence: EdgeEvidenceConfig = EdgeEvidenceConfig()
     telemetry: EdgeTelemetryConfig = EdgeTelemetryConfig()
+    test_signal: EdgeTestSignalConfig = EdgeTestSignalConfig()
+    drills: EdgeDrillsConfig = EdgeDrillsConfig()
+    console: EdgeConsoleConfig = EdgeConsoleConfig()
     notify: NotifyListenerConfig | None = Field(
         None,
         validate_default=True,
@@ -451,6 +570,8 @@ def _default_codes() -> dict[EventKind, Dc09Code]:
         # what ARCs take for a 24 h zone that is neither fire nor burglary. Map to your ARC's.
         "bollard_impact": Dc09Code(cid=150, sia="UA", sia_restore="UH"),
         "test": Dc09Code(cid=601, sia="RX"),
+        # A campus whose periodic test did not come: communication trouble (restore: YK).
+        "test_missed": Dc09Code(cid=350, sia="YC", sia_restore="YK"),
     }
 
 
@@ -475,6 +596,10 @@ class Dc09Config(Strict):
     )
     drill_code: Dc09Code = Field(
         Dc09Code(cid=601, sia="RX"), description="drill alarms go out as this test code"
+    )
+    periodic_test_code: Dc09Code = Field(
+        Dc09Code(cid=602, sia="RP"),
+        description="periodic test signals (test events with periodic: true) go out as this",
     )
     codes: dict[EventKind, Dc09Code] = Field(default_factory=_default_codes)
 
@@ -502,6 +627,9 @@ class CampusAccount(Strict):
     ]
     address: str = ""
     geo: Geo | None = None
+    type: Literal["school", "kindergarten", "other"] = Field(
+        "school", description="sets the required drill frequency (drills.frequency)"
+    )
 
 
 class HttpConfig(Strict):
@@ -692,6 +820,222 @@ class GatewayTelemetryConfig(Strict):
         return value
 
 
+DrillFrequency = Annotated[str, Field(pattern=r"^(monthly|quarterly|[1-9][0-9]{0,3}d)$")]
+
+
+class DrillFrequencyConfig(Strict):
+    """How often each campus type must hold a drill: ``monthly`` and ``quarterly`` are calendar
+    periods (in ``telemetry.report_timezone``), ``<N>d`` a rolling number of days."""
+
+    school: DrillFrequency = "monthly"
+    kindergarten: DrillFrequency = "quarterly"
+    other: DrillFrequency = "quarterly"
+
+
+class GatewayDrillsConfig(Strict):
+    """Drills at the centre: required frequency per campus type and drill lengths."""
+
+    frequency: DrillFrequencyConfig = DrillFrequencyConfig()
+    max_minutes: float = Field(240.0, gt=0, le=24 * 60, description="longest drill")
+    default_minutes: float = Field(30.0, gt=0, le=24 * 60, description="when none is given")
+
+    @model_validator(mode="after")
+    def _default_fits(self) -> GatewayDrillsConfig:
+        if self.default_minutes > self.max_minutes:
+            raise ValueError("default_minutes must not exceed max_minutes")
+        return self
+
+
+class GatewayTestSignalsConfig(Strict):
+    """Watching the campuses' periodic test signals: a campus whose test is late by more than
+    ``grace`` raises ``test_missed`` (technician; police by ``relay_missed``)."""
+
+    expect: bool = Field(True, description="raise test_missed when a campus' test is late")
+    interval: float = Field(
+        86400.0,
+        ge=60,
+        le=7 * 86400,
+        description="expected seconds between tests (a campus' own interval_s wins)",
+    )
+    grace: float = Field(600.0, ge=0, le=86400, description="seconds of lateness allowed")
+    relay_missed: bool = Field(True, description="send test_missed to the police too")
+    start: datetime | None = Field(
+        None,
+        description="from then on campuses never heard from count as missed too (by default a "
+        "campus is watched from its first test)",
+    )
+
+    @field_validator("start")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("start needs a time zone (e.g. +08:00 or Z)")
+        return value
+
+
+# --- police-side sinks beyond DC-09 (signed webhook, CAP 1.2, GB/T 28181) and routing ------
+
+SinkName = Literal["dc09", "webhook", "cap", "gb28181"]
+
+_SINK_KINDS: list[EventKind] = [
+    "panic",
+    "duress",
+    "holdup",
+    "fire",
+    "intrusion",
+    "tamper",
+    "trouble",
+    "transmission_fault",
+    "bollard_impact",
+]
+"""What a police sink other than DC-09 takes when no ``routing:`` says otherwise: the alarms."""
+
+
+def _secret_of(value: SecretStr | None, file: Path | None) -> bytes:
+    if value is not None:
+        return value.get_secret_value().encode()
+    if file is not None:
+        return file.read_text(encoding="utf-8").strip().encode()
+    return b""
+
+
+class HttpSinkConfig(Strict):
+    """An HTTPS police receiver: signed POSTs, retries with capped back-off, optional mTLS."""
+
+    url: Annotated[str, Field(pattern=r"^https?://[^\s]+$")] = Field(
+        description="where alarms are POSTed (https:// in production)"
+    )
+    secret: SecretStr | None = Field(
+        None, description="HMAC-SHA256 key (>= 16 chars): use ${ENV} or secret_file"
+    )
+    secret_file: Path | None = None
+    timeout: float = Field(
+        10.0, gt=0, le=25, description="seconds per request (stays below the 30 s job lease)"
+    )
+    max_retry_after: float = Field(
+        300.0, ge=1, le=3600, description="a receiver's Retry-After is honoured up to this (s)"
+    )
+    tls: TlsConfig | None = Field(
+        None, description="ca_file to trust, cert_file + key_file for mutual TLS"
+    )
+    kinds: list[EventKind] = Field(
+        default_factory=lambda: list(_SINK_KINDS),
+        description="event kinds sent when no routing rule names this sink",
+    )
+    restores: bool = Field(True, description="send restores (the condition ended) too")
+
+    def secret_bytes(self) -> bytes:
+        return _secret_of(self.secret, self.secret_file)
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> HttpSinkConfig:
+        if (self.secret is None) == (self.secret_file is None):
+            raise ValueError("give exactly one of 'secret' or 'secret_file'")
+        if self.secret is not None and len(self.secret.get_secret_value()) < 16:
+            raise ValueError("secret must be at least 16 characters")
+        return self
+
+
+class WebhookConfig(HttpSinkConfig):
+    """The signed JSON webhook (docs/police-webhook.md), and the status updates it posts back
+    to ``POST /api/police/webhook/status``."""
+
+    status_secret: SecretStr | None = Field(
+        None, description="HMAC key of inbound status updates; default: 'secret'"
+    )
+    status_secret_file: Path | None = None
+    status_window: float = Field(
+        300.0, ge=5, le=3600, description="seconds an inbound status' timestamp may be off"
+    )
+
+    def status_secret_bytes(self) -> bytes:
+        return _secret_of(self.status_secret, self.status_secret_file) or self.secret_bytes()
+
+
+class CapConfig(HttpSinkConfig):
+    """OASIS CAP 1.2 alerts (application/cap+xml), with the webhook's transport and signing."""
+
+    sender: Annotated[str, Field(pattern=r"^[^\s,&<]+$")] = Field(
+        "campusguard.gateway", description="CAP sender (no spaces, commas or &)"
+    )
+    scope: Literal["Public", "Restricted", "Private"] = "Restricted"
+    restriction: str = Field("police dispatch only", description="for scope Restricted")
+    language: str = Field("zh-CN", description="RFC 3066 language of the info block")
+    radius_km: float = Field(0.3, gt=0, le=100, description="the <circle> around the campus")
+
+
+def _default_priority() -> dict[EventKind, int]:
+    return {"panic": 1, "duress": 1, "holdup": 1, "bollard_impact": 1}
+
+
+class Gb28181Config(Strict):
+    """Register with a GB/T 28181 police video platform as a device; alarms as SIP MESSAGE."""
+
+    server_host: str = Field(description="the platform's SIP address")
+    server_port: int = Field(5060, ge=1, le=65535)
+    server_id: Annotated[str, Field(pattern=r"^[0-9]{20}$")] = Field(
+        description="the platform's 20-digit SIP id"
+    )
+    domain: Annotated[str, Field(pattern=r"^[0-9A-Za-z.-]{1,64}$")] = Field(
+        description="SIP domain (usually the first 10 digits of server_id)"
+    )
+    device_id: Annotated[str, Field(pattern=r"^[0-9]{20}$")] = Field(
+        description="this gateway's 20-digit device id at the platform"
+    )
+    username: str | None = Field(None, description="digest user; default: device_id")
+    password: SecretStr | None = Field(None, description="digest password: ${ENV} or file")
+    password_file: Path | None = None
+    local_host: str = Field("0.0.0.0", description="address to bind the UDP socket")
+    local_port: int = Field(5060, ge=0, le=65535, description="0 picks a free port")
+    contact_host: str | None = Field(
+        None, description="address the platform reaches us at; default: the socket's address"
+    )
+    expires: int = Field(3600, ge=30, le=86400, description="registration lifetime (s)")
+    keepalive_interval: float = Field(60.0, ge=0.5, le=3600, description="seconds")
+    keepalive_misses: int = Field(3, ge=1, le=20, description="unanswered before re-registering")
+    timeout: float = Field(4.0, gt=0, le=32, description="seconds a transaction may take")
+    retry_max: float = Field(60.0, ge=0.5, le=3600, description="longest re-register back-off")
+    encoding: Literal["GB2312", "UTF-8"] = "GB2312"
+    timezone: str = Field("Asia/Shanghai", description="IANA zone of AlarmTime (local time)")
+    channels: dict[str, Annotated[str, Field(pattern=r"^[0-9]{20}$")]] = Field(
+        default_factory=dict,
+        description="campus id -> the 20-digit alarm channel id the platform knows it by; "
+        "default: device_id",
+    )
+    restores: bool = Field(False, description="send restores too (most platforms do not want)")
+    kinds: list[EventKind] = Field(
+        default_factory=lambda: list(_SINK_KINDS),
+        description="event kinds sent when no routing rule names this sink",
+    )
+    priority: dict[EventKind, int] = Field(
+        default_factory=_default_priority,
+        description="AlarmPriority per kind (1 highest .. 4); others 2",
+    )
+
+    def secret(self) -> str:
+        return _secret_of(self.password, self.password_file).decode()
+
+    @model_validator(mode="after")
+    def _checks(self) -> Gb28181Config:
+        if (self.password is None) == (self.password_file is None):
+            raise ValueError("give exactly one of 'password' or 'password_file'")
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {self.timezone!r}") from None
+        if any(not 1 <= p <= 4 for p in self.priority.values()):
+            raise ValueError("priority values are 1 (highest) .. 4")
+        return self
+
+
+class RoutingRule(Strict):
+    """Events of these kinds from these campuses go to these sinks."""
+
+    sinks: list[SinkName] = Field(min_length=1)
+    kinds: list[EventKind] | Literal["*"] = "*"
+    campuses: list[str] | Literal["*"] = "*"
+
+
 class GatewayConfig(Strict):
     """The central gateway: broker, database, campuses and the police relay."""
 
@@ -708,12 +1052,40 @@ class GatewayConfig(Strict):
     influxdb: InfluxConfig | None = Field(
         None, description="telemetry to InfluxDB; none = not written to InfluxDB"
     )
+    drills: GatewayDrillsConfig = GatewayDrillsConfig()
+    test_signals: GatewayTestSignalsConfig = GatewayTestSignalsConfig()
+    selftest_timeout: float = Field(
+        30.0, gt=0, le=600, description="seconds a self-test may take before it fails"
+    )
+    webhook: WebhookConfig | None = Field(None, description="signed JSON webhook to the police")
+    cap: CapConfig | None = Field(None, description="CAP 1.2 alerts to a dispatch system")
+    gb28181: Gb28181Config | None = Field(None, description="GB/T 28181 alarm notification")
+    routing: list[RoutingRule] = Field(
+        default_factory=list,
+        description="which kinds from which campuses go to which sinks; none = each sink's own "
+        "choice (DC-09: its code map; the others: their 'kinds')",
+    )
+    relay_concurrency: int = Field(
+        8, ge=1, le=256, description="deliveries in flight per sink (one at a time per campus)"
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> GatewayConfig:
         ids = [c.id for c in self.campuses]
         if len(ids) != len(set(ids)):
             raise ValueError("campus ids must be unique")
+        for i, rule in enumerate(self.routing):
+            for sink in rule.sinks:
+                if getattr(self, sink) is None:
+                    raise ValueError(f"routing[{i}] names sink {sink!r}, which is not configured")
+            if rule.campuses != "*":
+                unknown = sorted(set(rule.campuses) - set(ids))
+                if unknown:
+                    raise ValueError(f"routing[{i}] names unknown campus(es) {unknown}")
+        if self.dc09 is not None and not self.test_signals.relay_missed:
+            codes = dict(self.dc09.codes)
+            codes["test_missed"] = codes["test_missed"].model_copy(update={"relay": False})
+            object.__setattr__(self.dc09, "codes", codes)
         return self
 
 

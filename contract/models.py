@@ -40,6 +40,10 @@ EventKind = Literal[
     "camera_tamper",  # a camera reports tamper or a scene change (guard; police by config)
     "video_loss",  # a camera lost its video signal
     "camera_intrusion",  # a camera's field-intrusion or line-crossing rule fired
+    "drill",  # a drill began (restore: it ended); detail: drill_id, drill_kind, planned_end, by
+    "test_missed",  # raised centrally: a campus' periodic test signal did not arrive in time
+    "selftest",  # a self-test's progress at the edge (detail: selftest_id, hop)
+    "guard_action",  # the guard console acknowledged or closed an alarm (detail: alarm_id, action)
 ]
 ALARM_KINDS: frozenset[str] = frozenset(
     {
@@ -164,6 +168,62 @@ class AlarmStatus(_Model):
     ts: datetime
     path: str | None = Field(None, description="which police path took it (primary, backup)")
     note: Annotated[str, Field(max_length=500)] = ""
+
+
+DrillKind = Literal["fire", "earthquake", "stampede", "intruder", "other"]
+
+
+class DrillCommand(_Model):
+    """Centre -> campus: start or end a drill.
+
+    While a drill runs the edge marks every alarm of the campus as a drill (except inputs that
+    are "real even during drills"); it ends the drill by itself at ``planned_end`` if nobody
+    does. The edge answers with ``drill`` events (start; restore = ended) carrying ``drill_id``.
+    """
+
+    v: Literal[1] = 1
+    id: Annotated[str, Field(min_length=26, max_length=26, description="drill id, ULID")]
+    campus: Annotated[str, Field(pattern=CAMPUS_ID_PATTERN)]
+    action: Literal["start", "end"]
+    kind: DrillKind = "other"
+    planned_end: datetime | None = Field(None, description="start: when it ends by itself")
+    user: Annotated[str, Field(min_length=1, max_length=64)]
+    note: Annotated[str, Field(max_length=500)] = ""
+    issued_at: datetime
+
+    @field_validator("issued_at", "planned_end")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("timestamp must carry a timezone (UTC)")
+        return None if value is None else value.astimezone(UTC)
+
+
+class SelftestRequest(_Model):
+    """Centre -> campus: prove the alarm path of one device, hop by hop.
+
+    ``synthetic``: the edge raises a ``test`` event from the device as if it had signalled;
+    ``pulse``: the edge pulses the device's configured test output, and the test input it is
+    wired to must come back as a ``test`` event. Either way the event carries ``selftest_id``,
+    goes to the police as a test code, and when its ``police_received`` status is back at the
+    edge the edge reports a ``selftest`` event (hop ``status_at_edge``).
+    """
+
+    v: Literal[1] = 1
+    id: Annotated[str, Field(min_length=26, max_length=26, description="self-test id, ULID")]
+    campus: Annotated[str, Field(pattern=CAMPUS_ID_PATTERN)]
+    device: Annotated[str, Field(pattern=ID_PATTERN)]
+    mode: Literal["synthetic", "pulse"] = "synthetic"
+    user: Annotated[str, Field(min_length=1, max_length=64)]
+    issued_at: datetime
+    expires_at: datetime
+
+    @field_validator("issued_at", "expires_at")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("timestamp must carry a timezone (UTC)")
+        return value.astimezone(UTC)
 
 
 class Receipt(_Model):

@@ -66,6 +66,16 @@ def command_topic(campus: str) -> str:
     return f"{campus_root(campus)}/down/command"
 
 
+def drill_topic(campus: str) -> str:
+    """Gateway -> campus: start / end a drill (``DrillCommand``)."""
+    return f"{campus_root(campus)}/down/drill"
+
+
+def selftest_topic(campus: str) -> str:
+    """Gateway -> campus: run a self-test of one device's alarm path (``SelftestRequest``)."""
+    return f"{campus_root(campus)}/down/selftest"
+
+
 def receipt_topic(campus: str) -> str:
     """Gateway -> campus: which events are stored centrally (the end-to-end acknowledgement)."""
     return f"{campus_root(campus)}/down/receipt"

@@ -88,6 +88,12 @@ class InputTracker:
         self._candidate: str | None = None
         self._since = 0.0
         self._count = 0
+        # A "short press" was reported (latch set, state not active) by the last reading. If
+        # the next reading finds the input active with no new pulse, it is the same press,
+        # caught by the latch between the state read and the latch read of one poll: it was
+        # reported already (alarm and release), so it must not become a second alarm.
+        self._short_last = False
+        self._quiet_hold = False
 
     @property
     def state(self) -> str | None:
@@ -127,6 +133,18 @@ class InputTracker:
         value = self._debounced("active" if active else "normal", now)
         out = []
         latching = self.cfg.mode in ("latch", "counter")
+        short_before, self._short_last = self._short_last, False
+        if self._quiet_hold:
+            if value == "normal" or pulses > 0:
+                self._quiet_hold = False
+                self.reported = "normal"
+                if pulses == 0:
+                    return []  # the end of the press already reported: nothing new
+            else:
+                return []
+        if short_before and value == "active" and pulses == 0 and self.reported == "normal":
+            self._quiet_hold = True
+            return []
         if latching and pulses > 0 and self.reported == "active":
             # The latch was cleared by the read that reported this press, so a new pulse is a
             # new press: the button was released and pressed again between two polls. Report
@@ -145,6 +163,7 @@ class InputTracker:
             out.append(Signal(kind, detail={"pulses": pulses, "short_press": True}))
             out.append(Signal(kind, restore=True, detail={"short_press": True}))
             self.reported = "normal"
+            self._short_last = True
         elif value == "normal" and self.reported != "normal":
             if self.reported == "active":
                 out.append(Signal(kind, restore=True))

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -28,8 +29,10 @@ from contract.models import (
     MAX_PAYLOAD_BYTES,
     AlarmStatus,
     BollardCommandMessage,
+    DrillCommand,
     Event,
     Receipt,
+    SelftestRequest,
 )
 from drivers.modbus.bollard import BollardController
 from drivers.modbus.bollard_profile import load_bollard_profile
@@ -40,12 +43,17 @@ from drivers.modbus.profile import load_profile
 from drivers.onvif import NotifyListener
 from edge.bollard_poller import BollardPoller
 from edge.cameras import CameraWatcher
+from edge.drills import DrillManager
 from edge.events import EventSink
 from edge.evidence import EvidenceCollector, evidence_dir
 from edge.outbox import Outbox
 from edge.pollers import ModbusPoller
+from edge.selftest import SelfTester, SelftestSink
 from edge.telemetry import EdgeTelemetry, SampleSource
 from edge.uplink import Uplink
+
+if TYPE_CHECKING:
+    from edge.console.service import ConsoleService
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +75,14 @@ class EdgeRuntime:
     evidence: EvidenceCollector | None = None
     telemetry: EdgeTelemetry | None = None
     notify: NotifyListener | None = None
+    drills: DrillManager | None = None
+    selftest: SelfTester | None = None
     rejected: int = 0
+    status_listeners: list[Callable[[AlarmStatus], None]] = field(default_factory=list)
+    """Called with each new alarm status from the centre (the guard console)."""
+    console_port: int | None = None
+    """The guard console's bound port, while it runs (``console.enabled``)."""
+    console: ConsoleService | None = None
 
 
 def channel_specs(dev: ModbusDeviceConfig) -> list[ChannelSpec]:
@@ -135,7 +150,7 @@ async def run_edge(cfg: EdgeConfig) -> AsyncIterator[EdgeRuntime]:
     data_dir = cfg.edge.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     async with Outbox(data_dir / "outbox.db") as outbox:
-        sink = EventSink(cfg, outbox)
+        sink: EventSink = SelftestSink(cfg, outbox)
         runtime_ref: list[EdgeRuntime] = []
 
         async def on_message(topic: str, payload: bytes) -> None:
@@ -152,6 +167,9 @@ async def run_edge(cfg: EdgeConfig) -> AsyncIterator[EdgeRuntime]:
                 buses[timeout] = await stack.enter_async_context(ModbusBus(timeout=timeout))
             rt = EdgeRuntime(cfg=cfg, outbox=outbox, uplink=uplink, sink=sink)
             runtime_ref.append(rt)
+            # Before any poller runs: alarms after a restart mid-drill are drills at once.
+            rt.drills = DrillManager(cfg, sink, outbox)
+            await rt.drills.restore()
             saved = await outbox.load_point_states()
             for dev in cfg.devices:
                 profile = load_profile(dev.profile)
@@ -199,6 +217,11 @@ async def run_edge(cfg: EdgeConfig) -> AsyncIterator[EdgeRuntime]:
             sink.listeners.append(rt.evidence.on_event)
             runners = [(dev_id, p.run()) for dev_id, p in rt.pollers.items()]
             runners.append(("evidence", rt.evidence.run()))
+            runners.append(("drills", rt.drills.run()))
+            rt.selftest = SelfTester(rt)
+            stack.push_async_callback(rt.selftest.aclose)
+            if cfg.test_signal.enabled:
+                runners.append(("test-signal", rt.selftest.run_periodic()))
             if cfg.telemetry.enabled:
                 rt.telemetry = _telemetry(rt)
                 runners.append(("telemetry", rt.telemetry.run()))
@@ -206,6 +229,11 @@ async def run_edge(cfg: EdgeConfig) -> AsyncIterator[EdgeRuntime]:
             runners += [(ctl_id, b.run()) for ctl_id, b in rt.bollards.items()]
             tasks = [asyncio.create_task(coro, name=f"poll-{name}") for name, coro in runners]
             try:
+                if cfg.console.enabled:
+                    # Imported here: an edge without a console never loads the web stack.
+                    from edge.console.app import serve_console
+
+                    rt.console_port = await stack.enter_async_context(serve_console(rt))
                 log.info(
                     "edge %s of campus %s running: %d device(s), broker %s:%d",
                     cfg.edge.id,
@@ -235,10 +263,19 @@ def _telemetry(rt: EdgeRuntime) -> EdgeTelemetry:
     return EdgeTelemetry(rt.cfg, rt.outbox, sources, rt.uplink.connected.is_set, extra)
 
 
-_DOWN_MODELS: dict[str, type[Receipt] | type[BollardCommandMessage] | type[AlarmStatus]] = {
+_DOWN_MODELS: dict[
+    str,
+    type[Receipt]
+    | type[BollardCommandMessage]
+    | type[AlarmStatus]
+    | type[DrillCommand]
+    | type[SelftestRequest],
+] = {
     "receipt": Receipt,
     "command": BollardCommandMessage,
     "alarm-status": AlarmStatus,
+    "drill": DrillCommand,
+    "selftest": SelftestRequest,
 }
 
 
@@ -273,6 +310,16 @@ async def _handle_down(rt: EdgeRuntime, topic: str, payload: bytes) -> None:
             _reject(rt, topic, f"command {msg.id} for {msg.device}: no such bollard controller")
             return
         await poller.handle_command(msg)
+    elif isinstance(msg, DrillCommand):
+        if rt.drills is None:
+            _reject(rt, topic, f"drill {msg.id}: the edge is still starting")
+            return
+        await rt.drills.handle(msg)
+    elif isinstance(msg, SelftestRequest):
+        if rt.selftest is None:
+            _reject(rt, topic, f"self-test {msg.id}: the edge is still starting")
+            return
+        rt.selftest.handle(msg)
     else:
         new = await rt.outbox.record_alarm_status(
             msg.alarm_id, msg.state, msg.ts.isoformat(), msg.path, msg.note
@@ -282,6 +329,10 @@ async def _handle_down(rt: EdgeRuntime, topic: str, payload: bytes) -> None:
                 "alarm %s: %s%s", msg.alarm_id, msg.state, f" via {msg.path}" if msg.path else ""
             )
             rt.alarm_status.put_nowait(msg)
+            for status_listener in rt.status_listeners:
+                status_listener(msg)
+            if rt.selftest is not None:
+                await rt.selftest.on_status(msg)
 
 
 async def run_forever(cfg: EdgeConfig) -> None:

@@ -29,6 +29,8 @@ class EventSink:
         self._zones = {z.id: z for z in cfg.zones}
         self.drill = False
         self.listeners: list[Listener] = []
+        # (kind, device, point) of raised alarms -> whether raised as a drill (for the restore)
+        self._drill_raised: dict[tuple[str, str, str | None], bool] = {}
 
     def _place(
         self, device: ModbusDeviceConfig | None, zone: str | None, location: str
@@ -57,7 +59,15 @@ class EventSink:
     ) -> Event:
         zone, where, geo = self._place(device_cfg, zone, location)
         campus = self._cfg.campus.id
-        drill = self.drill and not real_during_drill and kind in ALARM_KINDS
+        key = (kind, device, point)
+        if restore and key in self._drill_raised:
+            # The restore of an alarm raised during a drill is part of that drill, even when
+            # the drill ended meanwhile: the police never had the alarm as real.
+            drill = self._drill_raised.pop(key)
+        else:
+            drill = self.drill and not real_during_drill and kind in ALARM_KINDS
+            if kind in ALARM_KINDS and not restore:
+                self._drill_raised[key] = drill
         topic = topics.event_topic(campus)
         ident = new_id()
         ts = utcnow()

@@ -46,6 +46,7 @@ CREATE INDEX IF NOT EXISTS outbox_receipt ON outbox (receipt_key);
 CREATE INDEX IF NOT EXISTS outbox_order ON outbox (priority, id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS point_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS evidence (
     id TEXT PRIMARY KEY,
     event_id TEXT NOT NULL,
@@ -407,5 +408,29 @@ class Outbox:
                 (alarm_id,),
             ).fetchall()
             return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+        return await self._run(work)
+
+    async def put_value(self, key: str, value: str | None) -> None:
+        """Keep a small piece of edge state (JSON text) across restarts; None forgets it.
+        Committed with fsync before this returns (the drill in progress lives here)."""
+
+        def work() -> None:
+            with self.db:
+                if value is None:
+                    self.db.execute("DELETE FROM kv WHERE key=?", (key,))
+                else:
+                    self.db.execute(
+                        "INSERT INTO kv(key, value) VALUES (?, ?) "
+                        "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                        (key, value),
+                    )
+
+        await self._run(work)
+
+    async def get_value(self, key: str) -> str | None:
+        def work() -> str | None:
+            row = self.db.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
+            return None if row is None else str(row[0])
 
         return await self._run(work)

@@ -19,7 +19,7 @@ from contract import topics
 from contract.aio import Service, cancel_requested, run_together
 from contract.config import MqttConfig
 from contract.models import EdgeState, utcnow
-from contract.mqtt import Backoff, tls_params
+from contract.mqtt import NODELAY, Backoff, tls_params
 from edge.outbox import Outbox, OutboxItem
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,7 @@ class Uplink(Service):
             keepalive=self._cfg.keepalive,
             timeout=self._cfg.connect_timeout,
             tls_params=tls_params(self._cfg),
+            socket_options=NODELAY,
             will=aiomqtt.Will(
                 state_topic, self._state_payload(False, "connection lost"), qos=1, retain=True
             ),

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import hmac
 import html
+import json
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -19,14 +20,16 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
 import uvicorn
-from fastapi import FastAPI, Header, HTTPException, Query
+from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contract import topics
 from contract.config import ApiToken
-from contract.models import BollardCommandMessage, new_id, utcnow
+from contract.models import BollardCommandMessage, DrillKind, new_id, utcnow
+from gateway import drills as drill_ops
 from gateway import reports
+from gateway.selftest import describe as selftest_view
 from gateway.store.models import CommandRow, MaintenanceRow
 from gateway.store.repo import aware
 
@@ -49,6 +52,39 @@ class CommandIn(BaseModel):
     token: str | None = Field(None, max_length=128, description="for confirm: from 'armed'")
     reason: str = Field("", max_length=200)
     ttl: float = Field(30.0, gt=0, le=60, description="seconds the command stays valid")
+
+
+class SelftestIn(BaseModel):
+    """Prove one device's alarm path end to end (``campusguard selftest``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    campus: str
+    device: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+    mode: Literal["synthetic", "pulse"] = "synthetic"
+    timeout: float | None = Field(
+        None, gt=0, le=600, description="seconds before it fails; default selftest_timeout"
+    )
+
+
+class DrillIn(BaseModel):
+    """Start a drill now, or schedule it with ``planned_start``; who runs it is the token's
+    user."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    campus: str
+    kind: DrillKind = "other"
+    minutes: float | None = Field(
+        None, gt=0, description="length (fractions allowed); default drills.default_minutes"
+    )
+    planned_start: datetime | None = Field(None, description="schedule it; default: now")
+    note: str = Field("", max_length=500)
+    source: Literal["api", "cli"] = "api"
+
+
+DRILL_ROLES = ("guard", "supervisor", "dispatcher", "admin")
+"""Roles that may run drills (on the campuses of their token); the others read."""
 
 
 class MaintenanceIn(BaseModel):
@@ -155,7 +191,37 @@ def create_app(rt: GatewayRuntime) -> FastAPI:
                 name: {"ok": p.ok, "since": p.since, "reason": p.reason}
                 for name, p in rt.paths.items()
             },
+            "police_sinks": {
+                name: {
+                    **(getattr(w.sink, "health", lambda: None)() or {}),
+                    "in_flight": w.in_flight,
+                    "queued_by_campus": w.lanes(),
+                    "delivered": w.delivered,
+                    "failed_attempts": w.failed_attempts,
+                }
+                for name, w in rt.workers.items()
+            },
         }
+
+    @app.post("/api/police/webhook/status")
+    async def police_status(request: Request) -> Response:
+        """The police receiver's status updates (received, dispatched, on_scene, closed),
+        signed like the alarms it gets (docs/police-webhook.md); each a step for the campus."""
+        from gateway.relay.webhook import apply_status
+
+        worker = rt.workers.get("webhook")
+        if worker is None:
+            raise HTTPException(404, "no webhook sink is configured")
+        code, answer = await apply_status(
+            rt.store,
+            worker.sink.inbox,  # type: ignore[attr-defined]
+            request.headers.get("X-CG-Timestamp"),
+            request.headers.get("X-CG-Signature"),
+            await request.body(),
+        )
+        if code == 200 and answer.get("changed"):
+            rt.mqtt.wake_downlink.set()
+        return Response(json.dumps(answer), status_code=code, media_type="application/json")
 
     @app.get("/api/alarms", response_model=list[AlarmOut])
     async def alarms(
@@ -381,6 +447,33 @@ def create_app(rt: GatewayRuntime) -> FastAPI:
         rows = await rt.store.commands(campus, limit)
         return [_row(r) for r in rows if tok.may_act_on(r.campus)]
 
+    # --- self-test ---------------------------------------------------------------------
+
+    @app.post("/api/selftest", status_code=202)
+    async def selftest_start(
+        body: SelftestIn, authorization: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
+        """Start a self-test; follow it at ``GET /api/selftest/{id}``."""
+        tok = authorised(authorization)
+        if body.campus not in {c.id for c in rt.cfg.campuses} or not tok.may_act_on(body.campus):
+            raise HTTPException(404, f"no campus {body.campus}")
+        if tok.role == "inspector":
+            raise HTTPException(403, "inspectors read reports; they do not run self-tests")
+        assert rt.selftests is not None
+        row = await rt.selftests.start(body.campus, body.device, body.mode, tok.user, body.timeout)
+        return selftest_view(row)
+
+    @app.get("/api/selftest/{selftest_id}")
+    async def selftest_get(
+        selftest_id: str, authorization: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
+        tok = authorised(authorization)
+        assert rt.selftests is not None
+        row = await rt.selftests.get(selftest_id)
+        if row is None or not tok.may_act_on(row.campus):
+            raise HTTPException(404, f"no self-test {selftest_id}")
+        return selftest_view(row)
+
     # --- uptime and compliance reports, maintenance windows ---------------------------
 
     def campuses_of(tok: ApiToken, campus: str | None) -> list[str]:
@@ -497,8 +590,16 @@ def create_app(rt: GatewayRuntime) -> FastAPI:
         rep = await uptime_of(wanted, lo, hi)
         by_campus = {c.name: c for c in rep.campuses}
         alarms = await rt.store.alarms_between(lo, hi, wanted)
+        tz = ZoneInfo(rt.cfg.telemetry.report_timezone)
+        _, held, _ = await rt.store.drill_compliance_inputs(wanted, lo)
+        accounts = {c.id: c for c in rt.cfg.campuses}
         rows = []
         for c in wanted:
+            drills_held = [
+                reports.DrillInput(d.kind, f"{end.astimezone(tz):%Y-%m-%d}")
+                for d in held
+                if d.campus == c and (end := aware(d.actual_end)) is not None and end < hi
+            ]
             mine = [
                 reports.AlarmInput(
                     a.kind,
@@ -513,7 +614,8 @@ def create_app(rt: GatewayRuntime) -> FastAPI:
                 if a.campus == c
             ]
             agg = by_campus.get(c) or reports.aggregate(c, [], rep.target)
-            rows.append(reports.compliance(c, lo, hi, agg, mine))
+            required = getattr(rt.cfg.drills.frequency, accounts[c].type)
+            rows.append(reports.compliance(c, lo, hi, agg, mine, drills_held, required))
         names = {c.id: c.name for c in rt.cfg.campuses}
         return respond(
             format,
@@ -581,6 +683,106 @@ def create_app(rt: GatewayRuntime) -> FastAPI:
     ) -> list[dict[str, Any]]:
         tok = authorised(authorization)
         return [window_out(w) for w in await rt.store.maintenance(campuses_of(tok, campus))]
+
+    # --- drills ---------------------------------------------------------------------------
+
+    def drills() -> drill_ops.Drills:
+        if rt.drills is None:
+            raise HTTPException(503, "drills are not running")
+        return rt.drills
+
+    def drill_runner(tok: ApiToken, campus: str) -> None:
+        if campus not in {c.id for c in rt.cfg.campuses}:
+            raise HTTPException(404, f"no campus {campus}")
+        if tok.role not in DRILL_ROLES:
+            raise HTTPException(403, f"role {tok.role} reads drill records; it does not run drills")
+        if not tok.may_act_on(campus):
+            log.warning("refused a drill by %s on campus %s: not theirs", tok.user, campus)
+            raise HTTPException(403, f"{tok.user} may not run drills on campus {campus}")
+
+    @app.post("/api/drills", status_code=201)
+    async def drill_start(
+        body: DrillIn, authorization: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
+        """Start a drill on a campus now (the campus confirms it), or schedule it."""
+        tok = authorised(authorization)
+        drill_runner(tok, body.campus)
+        try:
+            row = await drills().start(
+                body.campus,
+                body.kind,
+                body.minutes,
+                tok.user,
+                source=body.source,
+                note=body.note,
+                planned_start=body.planned_start,
+            )
+        except drill_ops.DrillError as exc:
+            raise HTTPException(exc.status, str(exc)) from None
+        return drill_ops.drill_out(row)
+
+    @app.get("/api/drills")
+    async def drill_list(
+        campus: str | None = None,
+        state: Literal["scheduled", "requested", "running", "ended", "cancelled"] | None = None,
+        limit: int = Query(200, ge=1, le=5000),
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> list[dict[str, Any]]:
+        """Drill records, newest first (``requested``: sent, not yet confirmed by the campus)."""
+        tok = authorised(authorization)
+        wanted = campuses_of(tok, campus)
+        rows = await rt.store.drills(wanted, "running" if state == "requested" else state, limit)
+        out = [drill_ops.drill_out(r) for r in rows]
+        if state in ("requested", "running"):
+            out = [d for d in out if d["status"] == state]
+        return out
+
+    @app.get("/api/drills/compliance")
+    async def drill_compliance(
+        campus: str | None = None,
+        format: Literal["json", "csv", "html"] = "json",
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> Any:
+        """Per campus: required frequency, last drill, next due, overdue or not."""
+        tok = authorised(authorization)
+        tz = ZoneInfo(rt.cfg.telemetry.report_timezone)
+        rows = await drill_ops.compliance(rt.cfg, rt.store, campuses_of(tok, campus))
+        today = f"{utcnow().astimezone(tz):%Y-%m-%d}"
+        return respond(
+            format,
+            drill_ops.compliance_json(rows),
+            drill_ops.compliance_csv(rows),
+            drill_ops.compliance_html(rows, tz, f"Drill compliance {today}"),
+            f"drill-compliance-{today}",
+        )
+
+    @app.get("/api/drills/{drill_id}")
+    async def drill_get(
+        drill_id: str, authorization: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
+        tok = authorised(authorization)
+        row = await rt.store.drill(drill_id)
+        if row is None or not tok.may_act_on(row.campus):
+            raise HTTPException(404, f"no drill {drill_id}")
+        return drill_ops.drill_out(row)
+
+    @app.post("/api/drills/{drill_id}/end", status_code=202)
+    async def drill_end(
+        drill_id: str, response: Response, authorization: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
+        """End a running drill (202: sent; the campus confirms) or cancel a scheduled one (200)."""
+        tok = authorised(authorization)
+        row = await rt.store.drill(drill_id)
+        if row is None or not tok.may_act_on(row.campus):
+            raise HTTPException(404, f"no drill {drill_id}")
+        drill_runner(tok, row.campus)
+        try:
+            row, sent = await drills().end(drill_id, tok.user)
+        except drill_ops.DrillError as exc:
+            raise HTTPException(exc.status, str(exc)) from None
+        if not sent:
+            response.status_code = 200
+        return drill_ops.drill_out(row)
 
     @app.get("/api/telemetry/{campus}/{device}")
     async def telemetry(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from pydantic import ValidationError
 
@@ -83,6 +83,12 @@ class Ingest:
         self.reject = Rejects()
         self.accepted: Counter[str] = Counter()
         self.duplicates = 0
+        self.on_drill: Callable[[Event], Awaitable[None]] | None = None
+        """Called with every ``drill`` event, repeats too (it is idempotent), before the
+        message is acknowledged: a failure leaves it to come again."""
+        self.observers: list[Callable[[Event], Awaitable[None]]] = []
+        """Called with every new event once it is stored and handed to the relay (self-tests,
+        periodic test signals)."""
 
     async def handle(self, topic: str, payload: bytes) -> tuple[str, str] | None:
         """Process one message. Raises only when the store fails (then it must not be acked).
@@ -135,6 +141,10 @@ class Ingest:
             await self._event(msg)
             if msg.kind == "bollard_command":
                 await self.store.command_progress(msg)
+            if msg.kind == "drill" and self.on_drill is not None:
+                await self.on_drill(msg)
+            if msg.kind == "guard_action":
+                await self._guard_action(msg)
             return msg.campus, msg.id
         if isinstance(msg, EdgeState):
             before = await self.store.upsert_edge_state(msg)
@@ -235,6 +245,29 @@ class Ingest:
             )
         )
 
+    async def _guard_action(self, event: Event) -> None:
+        """The campus guard acknowledged or closed an alarm at the console: the alarm's record
+        (and the compliance report's time to acknowledgement) follow. Repeats change nothing."""
+        alarm_id = str(event.detail.get("alarm_id") or "")
+        action = event.detail.get("action")
+        found = await self.store.alarm(alarm_id) if alarm_id else None
+        if found is None or found[0].campus != event.campus:
+            # Camera tamper and the like are on the guard's board but have no alarm record here.
+            log.info(
+                "guard action %s: no alarm record %s of campus %s", event.id, alarm_id, event.campus
+            )
+            return
+        alarm = found[0]
+        who = str(event.detail.get("user") or "")
+        note = str(event.detail.get("note") or "")
+        if action == "acknowledged" and alarm.guard_ack_at is None and alarm.closed_at is None:
+            await self.store.set_alarm_state(alarm_id, "guard_acknowledged", note=f"{who}: {note}")
+        elif action == "closed" and alarm.closed_at is None:
+            disposition = str(event.detail.get("disposition") or "")
+            await self.store.set_alarm_state(
+                alarm_id, "closed", note=f"{who}: {disposition} {note}".strip()[:500]
+            )
+
     async def submit_local(self, event: Event) -> None:
         """An event raised by the gateway itself (a failed police path, a lost campus link)."""
         try:
@@ -251,3 +284,8 @@ class Ingest:
             return
         for job in jobs:
             self.dispatch(job)
+        for observer in self.observers:
+            try:
+                await observer(event)
+            except Exception:
+                log.exception("an observer of event %s failed", event.id)

@@ -18,7 +18,7 @@ from contract import topics
 from contract.aio import Service, cancel_requested, run_together
 from contract.config import MqttConfig
 from contract.models import AlarmStatus, Receipt
-from contract.mqtt import Backoff, tls_params
+from contract.mqtt import NODELAY, Backoff, tls_params
 from gateway.ingest import Ingest
 from gateway.store.repo import Store, aware
 
@@ -63,6 +63,7 @@ class GatewayMqtt(Service):
             keepalive=self._cfg.keepalive,
             timeout=self._cfg.connect_timeout,
             tls_params=tls_params(self._cfg),
+            socket_options=NODELAY,
             # Never discard (aiomqtt drops what exceeds a bounded queue, and a dropped message
             # is never acknowledged). Memory is bounded by what the campuses send in a burst;
             # ``backlog`` shows it, and the health endpoint reports it.

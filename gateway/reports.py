@@ -272,7 +272,17 @@ class Compliance:
     guard_ack_p50_s: float | None
     guard_acknowledged: int
     drill_alarms: int
-    drill_days: list[str]
+    drill_days: list[str]  # days with a drill (from the drill records when given)
+    drills_held: int = 0  # drills that ended in the period (drill records)
+    drills_required: str = ""  # monthly, quarterly, <N>d (drills.frequency of its type)
+
+
+@dataclass(frozen=True, slots=True)
+class DrillInput:
+    """A drill that ended in the period: its kind and its day in the report's time zone."""
+
+    kind: str
+    day: str
 
 
 def _q(values: Sequence[float], q: float) -> float | None:
@@ -286,15 +296,26 @@ def _q(values: Sequence[float], q: float) -> float | None:
 
 
 def compliance(
-    campus: str, start: datetime, end: datetime, uptime: Aggregate, alarms: Sequence[AlarmInput]
+    campus: str,
+    start: datetime,
+    end: datetime,
+    uptime: Aggregate,
+    alarms: Sequence[AlarmInput],
+    drills: Sequence[DrillInput] | None = None,
+    required: str = "",
 ) -> Compliance:
-    """The monthly page for the education commission: is the campus' alarm path sound?"""
+    """The monthly page for the education commission: is the campus' alarm path sound, and
+    were its drills held? ``drills`` (the drill records) give the drills held and their days;
+    without them the days are those of drill alarms (before drill records existed)."""
+    # Periodic tests and self-tests have alarm records too (for their police answer): tests,
+    # never alarms.
+    alarms = [a for a in alarms if a.kind != "test"]
     real = [a for a in alarms if not a.drill and not a.restore]
     delivered = [a for a in real if a.police_at is not None]
     to_police = [(a.police_at - a.edge_ts).total_seconds() for a in delivered if a.police_at]
     acked = [a for a in real if a.guard_ack_at is not None]
     to_ack = [(a.guard_ack_at - a.edge_ts).total_seconds() for a in acked if a.guard_ack_at]
-    drills = [a for a in alarms if a.drill and not a.restore]
+    drill_alarms = [a for a in alarms if a.drill and not a.restore]
     return Compliance(
         campus=campus,
         start=start,
@@ -310,8 +331,14 @@ def compliance(
         to_police_max_s=max(to_police) if to_police else None,
         guard_ack_p50_s=_q(to_ack, 0.5),
         guard_acknowledged=len(acked),
-        drill_alarms=len(drills),
-        drill_days=sorted({f"{a.edge_ts:%Y-%m-%d}" for a in drills}),
+        drill_alarms=len(drill_alarms),
+        drill_days=sorted(
+            {d.day for d in drills}
+            if drills is not None
+            else {f"{a.edge_ts:%Y-%m-%d}" for a in drill_alarms}
+        ),
+        drills_held=len(drills) if drills is not None else 0,
+        drills_required=required,
     )
 
 
@@ -332,8 +359,10 @@ def compliance_csv(rows: Sequence[Compliance]) -> str:
             "to_police_p50_s",
             "to_police_p95_s",
             "guard_ack_p50_s",
-            "drill_alarms",
+            "drills_held",
+            "drills_required",
             "drill_days",
+            "drill_alarms",
         ]
     )
 
@@ -355,8 +384,10 @@ def compliance_csv(rows: Sequence[Compliance]) -> str:
                 num(c.to_police_p50_s),
                 num(c.to_police_p95_s),
                 num(c.guard_ack_p50_s),
-                c.drill_alarms,
+                c.drills_held,
+                c.drills_required,
                 " ".join(c.drill_days),
+                c.drill_alarms,
             ]
         )
     return buf.getvalue()
@@ -387,9 +418,11 @@ def compliance_html(rows: Sequence[Compliance], names: dict[str, str], title: st
                     ],
                     ["time to guard acknowledgement p50", secs(c.guard_ack_p50_s)],
                     [
-                        "drill alarms / days with drills",
-                        f"{c.drill_alarms} / {', '.join(c.drill_days) or 'none'}",
+                        "drills held"
+                        + (f" (required {c.drills_required})" if c.drills_required else ""),
+                        f"{c.drills_held} ({', '.join(c.drill_days) or 'none'})",
                     ],
+                    ["alarms during drills (sent as tests)", str(c.drill_alarms)],
                 ],
             )
         )

@@ -14,16 +14,20 @@ from contract.config import Dc09Path, GatewayConfig
 from contract.models import Event, new_id, utcnow
 from drivers.dc09.crypto import key_from_config
 from drivers.dc09.sender import DC09Sender, HealthCallback, PathConfig, SenderConfig
+from gateway.drills import Drills
 from gateway.evidence import EvidenceVault
 from gateway.ingest import Ingest
 from gateway.mqtt import GatewayMqtt
 from gateway.relay.base import Sink
+from gateway.relay.build import extra_sinks, routed
 from gateway.relay.dc09 import Dc09Sink
 from gateway.relay.worker import RelayWorker
+from gateway.selftest import SelftestService
 from gateway.store.db import make_engine, migrate
 from gateway.store.repo import ClaimedJob, Store, aware
 from gateway.telemetry.sink import EmbeddedSink, InfluxSink, TelemetrySink
 from gateway.telemetry.writer import TelemetryWriter
+from gateway.testsignals import TestSignalWatch
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,9 @@ class GatewayRuntime:
     telemetry_mqtt: GatewayMqtt
     paths: dict[str, PathHealth] = field(default_factory=dict)
     http_port: int | None = None
+    drills: Drills | None = None
+    selftests: SelftestService | None = None
+    testsignals: TestSignalWatch | None = None
 
 
 def _dc09_sender(cfg: GatewayConfig, on_health: HealthCallback) -> DC09Sender | None:
@@ -101,10 +108,12 @@ async def run_gateway(cfg: GatewayConfig) -> AsyncIterator[GatewayRuntime]:
             if sender is not None and cfg.dc09 is not None:
                 await stack.enter_async_context(sender)
                 sinks.append(Dc09Sink(cfg.dc09, campuses, sender, link=vault.link_for))
+            sinks += await extra_sinks(cfg, campuses, stack, vault.link_for, store)
+            sinks = routed(cfg, sinks)  # the routing: rules decide what goes where
             workers: dict[str, RelayWorker] = {}
             for sink in sinks:
                 workers[sink.name] = await stack.enter_async_context(
-                    RelayWorker(store, sink, cfg.gateway.id)
+                    RelayWorker(store, sink, cfg.gateway.id, concurrency=cfg.relay_concurrency)
                 )
 
             def dispatch(job: ClaimedJob) -> None:
@@ -132,6 +141,14 @@ async def run_gateway(cfg: GatewayConfig) -> AsyncIterator[GatewayRuntime]:
                 telemetry,
                 cfg.telemetry,
             )
+            # Self-tests and periodic test signals follow the events as they are stored.
+            selftests = SelftestService(cfg, store, sinks)
+            stack.push_async_callback(selftests.aclose)
+            testsignals = TestSignalWatch(cfg, store, ingest)
+            ingest.observers += [selftests.on_event, testsignals.on_event]
+            # Drills follow the campuses' drill events from the first message on.
+            drills = Drills(cfg, store)
+            ingest.on_drill = drills.on_event
             mqtt = await stack.enter_async_context(
                 GatewayMqtt(cfg.mqtt, cfg.gateway.id, cfg.gateway.share_group, ingest, store)
             )
@@ -156,6 +173,13 @@ async def run_gateway(cfg: GatewayConfig) -> AsyncIterator[GatewayRuntime]:
                 w.on_delivered = delivered
             rt = GatewayRuntime(cfg, store, ingest, mqtt, workers, vault, telemetry, telemetry_mqtt)
             rt_ref.append(rt)
+            drills.publish = mqtt.publish
+            rt.drills = drills
+            background.append(asyncio.create_task(drills.run(), name="drill-scheduler"))
+            selftests.publish = mqtt.publish
+            rt.selftests, rt.testsignals = selftests, testsignals
+            background.append(asyncio.create_task(selftests.run(), name="selftests"))
+            background.append(asyncio.create_task(testsignals.run(), name="test-signals"))
             background.append(
                 asyncio.create_task(vault.run_sweeper(store), name="evidence-sweeper")
             )

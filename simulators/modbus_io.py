@@ -320,6 +320,10 @@ class DIModuleSimulator(SimulatedDevice):
         serial_port: Serve Modbus RTU on this serial device instead of TCP (e.g. one end
             of a ``socat`` pty pair); ``host``/``port`` are then unused.
         baudrate: RTU line speed (a pty ignores it).
+        wiring: Outputs wired back to inputs, ``{output: channel}``: closing the module's
+            DO/relay ``output`` (a coil write) drives DI ``channel`` of the same unit, as a
+            test button's self-test relay would (models with outputs: ADAM-60xx, ET-2260,
+            ZLAN6042). See :meth:`wire`.
 
     Attributes:
         port: The bound Modbus TCP port.
@@ -342,6 +346,7 @@ class DIModuleSimulator(SimulatedDevice):
         http_host: str | None = None,
         serial_port: str | None = None,
         baudrate: int = 9600,
+        wiring: dict[int, int] | None = None,
     ) -> None:
         """Prepare the simulator; nothing listens until it is entered."""
         key = profile.strip().lower()
@@ -362,6 +367,9 @@ class DIModuleSimulator(SimulatedDevice):
         self.last_flip: InputFlip | None = None
         self.connections_accepted = 0
         self._template = cls(channels)
+        self.wiring: dict[int, int] = {}
+        for output, channel in (wiring or {}).items():
+            self.wire(output, channel)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -418,7 +426,13 @@ class DIModuleSimulator(SimulatedDevice):
         return self._rtu and bool(reply) and reply[0] not in self.modules
 
     def _write(self, unit: int, table: str, address: int, values: list[int]) -> ExcCodes | None:
-        return self.modules[unit].write(table, address, values)
+        module = self.modules[unit]
+        before = list(module.outputs)
+        result = module.write(table, address, values)
+        for output, channel in self.wiring.items():
+            if module.outputs[output] != before[output]:
+                self.set_input(channel, module.outputs[output], unit=unit)
+        return result
 
     def _refuse_read(self, unit: int, function_code: int) -> ExcCodes | None:
         return self.modules[unit].refuse_read(function_code)
@@ -461,6 +475,19 @@ class DIModuleSimulator(SimulatedDevice):
             await asyncio.sleep(duration_s)
         finally:
             self.set_input(channel, False, unit=unit)
+
+    def wire(self, output: int, channel: int) -> None:
+        """Wire DO/relay ``output`` to DI ``channel`` (every unit): the input follows the
+        output from then on (a self-test pulse comes back through the real input path)."""
+        if not 0 <= output < len(self._template.outputs):
+            raise ValueError(f"output {output} outside 0..{len(self._template.outputs) - 1}")
+        self._module(None, channel)
+        self.wiring[output] = channel
+
+    def output(self, output: int, *, unit: int | None = None) -> bool:
+        """Current state of a DO/relay (``True`` = closed)."""
+        unit = self.units[0] if unit is None else unit
+        return self.modules[unit].outputs[output]
 
     def set_resistance(self, channel: int, ohms: float, *, unit: int | None = None) -> None:
         """Set the loop resistance seen by an analog input (``math.inf`` = open loop)."""
@@ -540,6 +567,9 @@ class DIModuleSimulator(SimulatedDevice):
                 lambda: self.set_input(
                     int(number("channel")), bool(int(number("active"))), unit=unit
                 ),
+            ),
+            "/wire": Route(
+                "POST", lambda: self.wire(int(number("output")), int(number("channel")))
             ),
             "/resistance": Route(
                 "POST",

@@ -104,3 +104,28 @@ def test_release_and_press_again_between_polls_is_a_second_alarm() -> None:
     signals = t.update(True, 1, None, 0.20)
     assert [s.restore for s in signals] == [True, False]
     assert t.state == "active"
+
+
+def test_press_caught_between_the_state_read_and_the_latch_read_is_one_alarm() -> None:
+    """The press began after this poll's state read and before its latch read: the latch makes
+    it a short press (alarm and release). The next poll finds the button still held, with no
+    new pulse: that is the same press, not a second alarm; and its release is not news."""
+    t = tracker(mode="latch")
+    t.update(False, 0, None, 0.0)
+    assert [s.restore for s in t.update(False, 1, None, 0.05)] == [False, True]
+    assert t.update(True, 0, None, 0.10) == []  # still the same press
+    assert t.update(True, 0, None, 0.15) == []
+    assert t.update(False, 0, None, 0.20) == []  # its release was reported already
+    # A real second press afterwards is an alarm again.
+    assert [s.restore for s in t.update(True, 1, None, 0.25)] == [False]
+    assert [s.restore for s in t.update(False, 0, None, 0.30)] == [True]
+
+
+def test_a_new_press_during_the_quiet_hold_is_a_new_alarm() -> None:
+    t = tracker(mode="latch")
+    t.update(False, 0, None, 0.0)
+    t.update(False, 1, None, 0.05)  # short press reported
+    assert t.update(True, 0, None, 0.10) == []  # same press held
+    # Released and pressed again between polls: the latch has a new pulse.
+    assert [s.restore for s in t.update(True, 1, None, 0.15)] == [False]
+    assert [s.restore for s in t.update(False, 0, None, 0.20)] == [True]

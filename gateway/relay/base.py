@@ -16,6 +16,8 @@ class Delivery:
     path: str | None = None
     detail: str = ""
     rtt_ms: float | None = None
+    retry_after: float | None = None
+    """For ``failed``: the receiver asked us to wait this long (HTTP Retry-After)."""
 
 
 class Sink(Protocol):

@@ -25,6 +25,12 @@ def event_code(cfg: Dc09Config, event: Event) -> Dc09Code | None:
     code = cfg.codes.get(event.kind)
     if code is None or not code.relay:
         return None
+    if event.kind == "test":
+        if event.restore:
+            return None  # a test input released: nothing for the police
+        if event.detail.get("periodic") is True:
+            # The periodic test report (602 / RP); a self-test or test button is 601 / RX.
+            return cfg.periodic_test_code if cfg.periodic_test_code.relay else None
     return code
 
 

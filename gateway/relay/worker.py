@@ -2,16 +2,24 @@
 
 A job stays in the database until the sink confirms it. A failed delivery is retried with capped
 back-off for as long as it takes; the campus is told of each outcome.
+
+Deliveries run concurrently, one lane per campus: a campus' jobs go out one after the other in
+the order they were claimed, while a slow receiver (or a slow answer) for one campus never
+holds up another's alarms. At most ``concurrency`` deliveries are in flight per sink. The
+store's claim and lease stay the only source of truth: a job is only ever delivered by the
+worker that claimed it, and a job already queued or in flight here is not queued twice when a
+scan claims it again (which also renews its lease).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from contract.aio import Service, cancel_requested
+from contract.aio import Service, cancel_and_wait, cancel_requested
 from contract.models import Event
 from gateway.relay.base import Sink
 from gateway.store.repo import ClaimedJob, Store
@@ -26,13 +34,27 @@ that died mid-relay). New alarms do not wait for this: ingest hands them over di
 class RelayWorker(Service):
     task_name = "relay"
 
-    def __init__(self, store: Store, sink: Sink, worker_id: str, lease: float = 30.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        sink: Sink,
+        worker_id: str,
+        lease: float = 30.0,
+        concurrency: int = 8,
+    ) -> None:
         super().__init__()
         self.store = store
         self.sink = sink
         self.worker_id = worker_id
         self.lease = lease
+        self.concurrency = concurrency
         self._queue: asyncio.Queue[ClaimedJob] = asyncio.Queue()
+        self._slots = asyncio.Semaphore(concurrency)
+        self._lanes: dict[str, collections.deque[ClaimedJob]] = {}
+        self._lane_tasks: dict[str, asyncio.Task[None]] = {}
+        self._held: set[str] = set()
+        """Alarm ids queued in a lane or being delivered (never queued twice)."""
+        self.in_flight = 0
         self.delivered = 0
         self.failed_attempts = 0
         self.on_step: Callable[[], None] | None = None
@@ -45,6 +67,12 @@ class RelayWorker(Service):
         self._queue.put_nowait(job)
 
     async def _run(self) -> None:
+        try:
+            await self._dispatch_loop()
+        finally:
+            await cancel_and_wait(list(self._lane_tasks.values()))
+
+    async def _dispatch_loop(self) -> None:
         last_scan = -SCAN_INTERVAL
         while True:
             if cancel_requested():
@@ -59,13 +87,46 @@ class RelayWorker(Service):
                 job = await asyncio.wait_for(self._queue.get(), wait)
             except TimeoutError:
                 continue
+            self._enqueue(job)
+
+    def _enqueue(self, job: ClaimedJob) -> None:
+        if job.alarm_id in self._held:
+            return  # already queued or in flight here (a scan renewed its lease)
+        self._held.add(job.alarm_id)
+        campus = job.event.campus
+        self._lanes.setdefault(campus, collections.deque()).append(job)
+        task = self._lane_tasks.get(campus)
+        if task is None or task.done():
+            self._lane_tasks[campus] = asyncio.create_task(
+                self._lane(campus), name=f"relay-{self.sink.name}-{campus}"
+            )
+
+    async def _lane(self, campus: str) -> None:
+        """One campus' jobs, in order; waits for a free slot before each delivery."""
+        lane = self._lanes[campus]
+        while lane:
+            job = lane[0]
             try:
-                await self._handle(job)
+                async with self._slots:
+                    self.in_flight += 1
+                    try:
+                        await self._handle(job)
+                    finally:
+                        self.in_flight -= 1
                 if self.on_step is not None:
                     self.on_step()
             except Exception:
                 # The job keeps its lease; when it runs out the scan picks it up again.
                 log.exception("relaying %s failed unexpectedly", job.alarm_id)
+            finally:
+                lane.popleft()
+                self._held.discard(job.alarm_id)
+        self._lanes.pop(campus, None)
+        self._lane_tasks.pop(campus, None)
+
+    def lanes(self) -> dict[str, int]:
+        """Jobs queued or in flight per campus (for /healthz)."""
+        return {campus: len(lane) for campus, lane in self._lanes.items()}
 
     async def _scan(self) -> None:
         try:
@@ -102,16 +163,21 @@ class RelayWorker(Service):
                     log.exception("recording the delivery of %s for telemetry failed", ev.id)
         elif result.outcome == "rejected":
             await self.store.finish_job(job, "rejected", attempts=attempts, error=result.detail)
-            log.error("police platform refused alarm %s: %s", ev.id, result.detail)
+            log.error(
+                "police platform %s refused alarm %s: %s", self.sink.name, ev.id, result.detail
+            )
             await self.store.set_alarm_state(ev.id, "police_rejected", note=result.detail)
         else:
             self.failed_attempts += 1
             delay = min(30.0, 0.5 * 2 ** min(attempts, 6))
+            if result.retry_after is not None:
+                delay = max(delay, result.retry_after)  # the receiver asked us to wait
             await self.store.retry_job(job, attempts=attempts, delay=delay, error=result.detail)
             if attempts == 1:
                 log.error(
-                    "alarm %s could not reach the police (%s); retrying until it does",
+                    "alarm %s could not reach the police via %s (%s); retrying until it does",
                     ev.id,
+                    self.sink.name,
                     result.detail,
                 )
                 await self.store.set_alarm_state(ev.id, "delivery_failed", note=result.detail)

@@ -242,3 +242,58 @@ class TelemetryRow(Base):
     fields: Mapped[dict[str, Any]] = mapped_column(JSON)
 
     __table_args__ = (Index("telemetry_device", "campus", "device", "ts"),)
+
+
+class DrillRow(Base):
+    """A drill: planned, running or done, with who ran it and what it set off."""
+
+    __tablename__ = "drills"
+
+    id: Mapped[str] = mapped_column(String(26), primary_key=True)
+    campus: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # fire, earthquake, stampede, intruder, other
+    state: Mapped[str] = mapped_column(
+        String(16), index=True
+    )  # scheduled, running, ended, cancelled
+    source: Mapped[str] = mapped_column(String(16))  # api, cli, console, schedule
+    planned_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    planned_end: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    actual_start: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    actual_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_by: Mapped[str] = mapped_column(String(64))
+    ended_by: Mapped[str | None] = mapped_column(String(64))
+    end_reason: Mapped[str] = mapped_column(Text, default="")
+    notes: Mapped[str] = mapped_column(Text, default="")
+    alarms: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SelftestRow(Base):
+    """A self-test of one device's alarm path and the time of each hop it passed."""
+
+    __tablename__ = "selftests"
+
+    id: Mapped[str] = mapped_column(String(26), primary_key=True)
+    campus: Mapped[str] = mapped_column(String(64), index=True)
+    device: Mapped[str] = mapped_column(String(64))
+    mode: Mapped[str] = mapped_column(String(16))
+    user: Mapped[str] = mapped_column(String(64))
+    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    state: Mapped[str] = mapped_column(String(16))  # running, passed, failed
+    event_id: Mapped[str | None] = mapped_column(String(26))
+    hops: Mapped[dict[str, Any]] = mapped_column(JSON)  # hop name -> ISO time
+    failed_hop: Mapped[str | None] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class PeriodicTestRow(Base):
+    """Each campus' periodic test signal as the centre last saw it."""
+
+    __tablename__ = "test_signals"
+
+    campus: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_event: Mapped[str | None] = mapped_column(String(26))
+    interval_s: Mapped[float] = mapped_column(Float)
+    missed: Mapped[bool] = mapped_column(Boolean, default=False)
+    missed_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -20,6 +20,7 @@ from gateway.store.models import (
     CommandRow,
     DeviceSeen,
     DeviceStatusRow,
+    DrillRow,
     EdgeStateRow,
     EventRow,
     EvidenceRow,
@@ -43,6 +44,15 @@ def aware(ts: datetime | None) -> datetime | None:
     if ts is None:
         return None
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+def _gets_alarm_record(event: Event) -> bool:
+    """Alarms, and what must show the police's answer like one: a missed periodic test (for
+    the technician) and a self-test's test event (its police_received status goes back to the
+    edge on down/alarm-status; it is a test, never counted as a real alarm)."""
+    if event.is_alarm or event.kind == "test_missed":
+        return True
+    return event.kind == "test" and "selftest_id" in event.detail
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +132,7 @@ class Store:
                             payload=event.model_dump(mode="json"),
                         )
                     )
-                    if event.is_alarm and not event.restore:
+                    if _gets_alarm_record(event) and not event.restore:
                         s.add(
                             AlarmRow(
                                 id=event.id,
@@ -644,6 +654,205 @@ class Store:
         async with self.session() as s, s.begin():
             res = await s.execute(delete(TelemetryRow).where(TelemetryRow.ts < before))
             return int(res.rowcount or 0)  # type: ignore[attr-defined]
+
+    # --- drills ---------------------------------------------------------------------------
+
+    @_shielded
+    async def add_drill(self, row: DrillRow) -> DrillRow:
+        async with self.session() as s, s.begin():
+            s.add(row)
+        return row
+
+    @_shielded
+    async def drill(self, drill_id: str) -> DrillRow | None:
+        async with self.session() as s:
+            return await s.get(DrillRow, drill_id)
+
+    @_shielded
+    async def drills(
+        self, campuses: list[str] | None, state: str | None = None, limit: int = 200
+    ) -> list[DrillRow]:
+        async with self.session() as s:
+            q = select(DrillRow).order_by(DrillRow.planned_start.desc()).limit(limit)
+            if campuses is not None:
+                q = q.where(DrillRow.campus.in_(campuses))
+            if state is not None:
+                q = q.where(DrillRow.state == state)
+            return list((await s.execute(q)).scalars())
+
+    @_shielded
+    async def drill_conflicts(self, campus: str, start: datetime, end: datetime) -> list[DrillRow]:
+        """Running or scheduled drills of the campus whose time overlaps ``[start, end)``."""
+        async with self.session() as s:
+            q = select(DrillRow).where(
+                DrillRow.campus == campus, DrillRow.state.in_(("running", "scheduled"))
+            )
+            out = []
+            for row in (await s.execute(q)).scalars():
+                lo = aware(row.actual_start) or aware(row.planned_start)
+                hi = aware(row.planned_end)
+                assert lo is not None
+                assert hi is not None
+                if lo < end and start < hi:
+                    out.append(row)
+            return out
+
+    @_shielded
+    async def drill_transition(
+        self, drill_id: str, from_states: tuple[str, ...], **values: Any
+    ) -> DrillRow | None:
+        """Move a drill on only if it is in one of ``from_states`` (several gateways may race
+        for a scheduled drill: one wins); returns the row, or None if it was not."""
+        async with self.session() as s, s.begin():
+            res = await s.execute(
+                update(DrillRow)
+                .where(DrillRow.id == drill_id, DrillRow.state.in_(from_states))
+                .values(**values)
+            )
+            if res.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            return await s.get(DrillRow, drill_id, populate_existing=True)
+
+    @_shielded
+    async def due_drills(self, at: datetime) -> list[DrillRow]:
+        async with self.session() as s:
+            q = select(DrillRow).where(DrillRow.state == "scheduled", DrillRow.planned_start <= at)
+            return list((await s.execute(q)).scalars())
+
+    @_shielded
+    async def next_drill_start(self) -> datetime | None:
+        async with self.session() as s:
+            q = select(func.min(DrillRow.planned_start)).where(DrillRow.state == "scheduled")
+            return aware((await s.execute(q)).scalar())
+
+    @_shielded
+    async def requested_drills(self) -> list[DrillRow]:
+        """Drills sent to a campus whose start the campus has not reported yet."""
+        async with self.session() as s:
+            q = select(DrillRow).where(DrillRow.state == "running", DrillRow.actual_start.is_(None))
+            return list((await s.execute(q)).scalars())
+
+    @_shielded
+    async def drill_event(self, event: Event) -> DrillRow | None:
+        """A campus' ``drill`` event: the drill began (the edge's time is the actual start)
+        or ended (restore). A drill the centre does not know (started at the campus console)
+        gets its record here. Idempotent: a repeated event changes nothing more."""
+        d = event.detail
+        drill_id = d.get("drill_id")
+        if not isinstance(drill_id, str) or len(drill_id) != 26:
+            return None
+
+        def when(key: str) -> datetime | None:
+            value = d.get(key)
+            if not isinstance(value, str) or not value:
+                return None
+            try:
+                return aware(datetime.fromisoformat(value))
+            except ValueError:
+                return None
+
+        kind = str(d.get("drill_kind") or "other")
+        if kind not in ("fire", "earthquake", "stampede", "intruder", "other"):
+            kind = "other"
+        by = str(d.get("by") or "?")[:64]
+        source = str(d.get("source") or "")
+        ts = now()
+        async with self.session() as s, s.begin():
+            row = await s.get(DrillRow, drill_id)
+            if row is not None and row.campus != event.campus:
+                return None
+            if row is None:
+                started = event.ts if not event.restore else (when("started_at") or event.ts)
+                row = DrillRow(
+                    id=drill_id,
+                    campus=event.campus,
+                    kind=kind,
+                    state="running",
+                    source=source if source in ("api", "cli", "console", "schedule") else "console",
+                    planned_start=started,
+                    planned_end=when("planned_end") or started,
+                    actual_start=started,
+                    actual_end=None,
+                    started_by=by if not event.restore else "?",
+                    ended_by=None,
+                    end_reason="",
+                    notes=str(d.get("note") or "")[:500],
+                    alarms=0,
+                    created_at=ts,
+                )
+                s.add(row)
+            if not event.restore:
+                if row.state != "ended":
+                    if row.state != "running" or row.actual_start is None:
+                        row.actual_start = event.ts
+                    row.state, row.ended_by, row.end_reason = "running", None, ""
+                # The campus runs this one: a drill the centre asked for meanwhile never started.
+                others = await s.execute(
+                    select(DrillRow).where(
+                        DrillRow.campus == event.campus,
+                        DrillRow.state == "running",
+                        DrillRow.actual_start.is_(None),
+                        DrillRow.id != drill_id,
+                    )
+                )
+                for other in others.scalars():
+                    other.state = "cancelled"
+                    other.end_reason = f"not started: the campus was running drill {drill_id}"
+            else:
+                if row.actual_start is None:
+                    row.actual_start = when("started_at") or event.ts
+                row.state, row.actual_end = "ended", event.ts
+                row.ended_by, row.end_reason = by, str(d.get("reason") or "")[:500]
+                row.alarms = int(
+                    (
+                        await s.execute(
+                            select(func.count())
+                            .select_from(AlarmRow)
+                            .where(
+                                AlarmRow.campus == event.campus,
+                                AlarmRow.drill.is_(True),
+                                AlarmRow.edge_ts >= row.actual_start,
+                                AlarmRow.edge_ts <= event.ts,
+                            )
+                        )
+                    ).scalar()
+                    or 0
+                )
+            return row
+
+    @_shielded
+    async def drill_compliance_inputs(
+        self, campuses: list[str], since: datetime
+    ) -> tuple[dict[str, DrillRow], list[DrillRow], dict[str, datetime]]:
+        """For the compliance view: each campus' last ended drill, the drills ended since
+        ``since``, and when the centre first heard from each campus' edge."""
+        async with self.session() as s:
+            ended = (DrillRow.state == "ended", DrillRow.campus.in_(campuses))
+            last_q = (
+                select(DrillRow.campus, func.max(DrillRow.actual_end))
+                .where(*ended)
+                .group_by(DrillRow.campus)
+            )
+            last: dict[str, DrillRow] = {}
+            for campus, at in (await s.execute(last_q)).all():
+                row = (
+                    await s.execute(
+                        select(DrillRow)
+                        .where(*ended, DrillRow.campus == campus, DrillRow.actual_end == at)
+                        .limit(1)
+                    )
+                ).scalar()
+                if row is not None:
+                    last[campus] = row
+            recent_q = select(DrillRow).where(*ended, DrillRow.actual_end >= since)
+            recent = list((await s.execute(recent_q)).scalars())
+            seen_q = (
+                select(DeviceSeen.campus, func.min(DeviceSeen.first_seen))
+                .where(DeviceSeen.campus.in_(campuses), DeviceSeen.kind == "edge")
+                .group_by(DeviceSeen.campus)
+            )
+            seen = {c: aware(t) for c, t in (await s.execute(seen_q)).all()}
+            return last, recent, {c: t for c, t in seen.items() if t is not None}
 
     # --- queries --------------------------------------------------------------------------
 
