@@ -962,6 +962,9 @@ class CapConfig(HttpSinkConfig):
     restriction: str = Field("police dispatch only", description="for scope Restricted")
     language: str = Field("zh-CN", description="RFC 3066 language of the info block")
     radius_km: float = Field(0.3, gt=0, le=100, description="the <circle> around the campus")
+    cancel_on_close: bool = Field(
+        True, description="a Cancel referencing the alert when the guard closes the alarm"
+    )
 
 
 def _default_priority() -> dict[EventKind, int]:

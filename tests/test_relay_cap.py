@@ -196,3 +196,40 @@ async def test_cap_sink_end_to_end(mosquitto: Mosquitto, tmp_path: Path) -> None
             found = await gw.store.alarm(alarm.id)
             assert found is not None and found[0].state == "police_received"
             assert found[0].police_path == "cap"
+            # The guard closes the alarm at the booth: a Cancel of its alert, its own message.
+            close = make_event(
+                seq=4,
+                kind="guard_action",
+                severity="info",
+                device="edge-1",
+                point=None,
+                detail={
+                    "alarm_id": alarm.id,
+                    "action": "closed",
+                    "user": "zhang",
+                    "note": "",
+                    "disposition": "false_alarm",
+                },
+            )
+            await publish_event(campus, close)
+            await wait_for(lambda: len(rx.received) == 4, timeout=15, what="the cancel")
+            cancel = valid(rx.received[-1].body)
+            assert rx.received[-1].key == f"CG-{close.id}"
+            assert text(cancel, "cap:msgType") == "Cancel"
+            assert text(cancel, "cap:identifier") == f"CG-{close.id}"
+            assert text(cancel, "cap:references") == text(update, "cap:references")
+            assert "false_alarm" in text(cancel, "cap:note")
+            # A close of an alarm that never went out as CAP sends nothing (and is not an error).
+            other = make_event(
+                seq=5,
+                kind="guard_action",
+                severity="info",
+                device="edge-1",
+                point=None,
+                detail={"alarm_id": "0" * 26, "action": "closed", "user": "zhang"},
+            )
+            await publish_event(campus, other)
+            await wait_for(
+                lambda: gw.workers["cap"].delivered >= 5, timeout=15, what="the no-op close"
+            )
+            assert len(rx.received) == 4

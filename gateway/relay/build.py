@@ -30,7 +30,8 @@ async def extra_sinks(
     if cfg.cap is not None:
         poster = await stack.enter_async_context(HttpPoster("cap", cfg.cap))
         find = original_finder(store) if store is not None else None
-        out.append(CapSink(cfg.cap, campuses, poster, find, link))
+        find_event = store.event if store is not None else None
+        out.append(CapSink(cfg.cap, campuses, poster, find, link, find_event))
     if cfg.gb28181 is not None:
         sip = await stack.enter_async_context(Gb28181Client(cfg.gb28181))
         out.append(Gb28181Sink(cfg.gb28181, campuses, sip))

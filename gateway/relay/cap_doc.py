@@ -121,12 +121,16 @@ def alert(
     verification_url: str | None = None,
     sent: datetime | None = None,
     note: str | None = None,
+    identifier: str | None = None,
 ) -> ET.Element:
-    """The ``<alert>`` for ``event`` (an Update / Cancel must reference the original)."""
+    """The ``<alert>`` for ``event`` (an Update / Cancel must reference the original).
+
+    ``identifier``: this message's own id when it is not the event's (a Cancel describes the
+    original event but is a message of its own)."""
     if msg_type != "Alert" and references is None:
         raise ValueError(f"a {msg_type} must reference the original alert")
     root = ET.Element(f"{{{NS}}}alert")
-    _sub(root, "identifier", identifier_for(event.id))
+    _sub(root, "identifier", identifier or identifier_for(event.id))
     _sub(root, "sender", opts.sender)
     _sub(root, "sent", cap_time(sent or event.ts))
     _sub(root, "status", "Exercise" if event.drill else "Actual")

@@ -857,6 +857,13 @@ class Store:
     # --- queries --------------------------------------------------------------------------
 
     @_shielded
+    async def event(self, event_id: str) -> Event | None:
+        """An event as it was received (its stored payload)."""
+        async with self.session() as s:
+            row = await s.get(EventRow, event_id)
+            return None if row is None else Event.model_validate(row.payload)
+
+    @_shielded
     async def alarms(self, campus: str | None = None, limit: int = 100) -> list[AlarmRow]:
         async with self.session() as s:
             q = select(AlarmRow).order_by(AlarmRow.received_at.desc()).limit(limit)
