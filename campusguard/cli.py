@@ -7,7 +7,10 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,14 +30,49 @@ app.add_typer(config_app, name="config")
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML config file")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")]
+LogFormat = Annotated[
+    str,
+    typer.Option(
+        "--log-format",
+        envvar="CAMPUSGUARD_LOG_FORMAT",
+        help="text (default) or json: one JSON object per line (ts, level, logger, msg)",
+    ),
+]
+
+SHUTDOWN_DEADLINE = 10.0
+"""SIGTERM: the daemon stops in order, and at the latest this many seconds later it exits
+anyway (everything queued is already on disk: the edge's outbox, the gateway's database)."""
 
 
-def _logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers (Loki, Elasticsearch, journald)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False, default=str)
+
+
+JsonFormatter.converter = time.gmtime
+
+
+def _logging(verbose: bool, log_format: str = "text") -> None:
+    if log_format not in ("text", "json"):
+        typer.echo(f"campusguard: --log-format must be text or json, not {log_format}", err=True)
+        raise typer.Exit(2)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter()
+        if log_format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     )
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
     # Their INFO is per-connection chatter; ours says what matters.
     for noisy in ("pymodbus", "amqtt", "transitions", "uvicorn.access", "aiosqlite", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -63,24 +101,63 @@ def _load_edge(path: Path) -> EdgeConfig:
 def _run(coro: Any) -> None:
     # Ctrl-C: asyncio cancels the main task, so every context manager closes in order.
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(coro)
+        asyncio.run(_until_sigterm(coro))
+
+
+async def _until_sigterm(coro: Any) -> None:
+    """SIGTERM (systemd, docker stop) does what Ctrl-C does: cancel the main task so every
+    context manager closes in order; a watchdog ends the process if that takes too long."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    terminated = False
+
+    def on_sigterm() -> None:
+        nonlocal terminated
+        if terminated:
+            return
+        terminated = True
+        logging.getLogger("campusguard").info(
+            "SIGTERM: shutting down (at most %.0f s)", SHUTDOWN_DEADLINE
+        )
+        watchdog = threading.Timer(SHUTDOWN_DEADLINE - 1.0, _hard_exit)
+        watchdog.daemon = True
+        watchdog.start()
+        task.cancel()
+
+    with contextlib.suppress(NotImplementedError):  # not on Windows
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    try:
+        await coro
+    except asyncio.CancelledError:
+        if not terminated:
+            raise
+        logging.getLogger("campusguard").info("stopped")
+
+
+def _hard_exit() -> None:
+    logging.getLogger("campusguard").error(
+        "shutdown took longer than %.0f s: exiting now", SHUTDOWN_DEADLINE
+    )
+    logging.shutdown()
+    os._exit(0)
 
 
 @app.command()
-def edge(config: ConfigOpt, verbose: Verbose = False) -> None:
+def edge(config: ConfigOpt, verbose: Verbose = False, log_format: LogFormat = "text") -> None:
     """Run a campus edge daemon: poll devices, queue events on disk, send them over MQTT."""
     cfg = _load_edge(config)
-    _logging(verbose)
+    _logging(verbose, log_format)
     from edge.daemon import run_forever
 
     _run(run_forever(cfg))
 
 
 @app.command()
-def gateway(config: ConfigOpt, verbose: Verbose = False) -> None:
+def gateway(config: ConfigOpt, verbose: Verbose = False, log_format: LogFormat = "text") -> None:
     """Run the central gateway: ingest, store, relay alarms to the police, serve the API."""
     cfg = _load(config, GatewayConfig)
-    _logging(verbose)
+    _logging(verbose, log_format)
     from gateway.service import run_forever
 
     _run(run_forever(cfg))
@@ -576,6 +653,77 @@ def console_hash_password(
     typer.echo(hash_password(password))
 
 
+certs_app = typer.Typer(help="TLS certificates, broker passwords and ACL, command-signing key.")
+app.add_typer(certs_app, name="certs")
+
+
+@certs_app.command("generate")
+def certs_generate(
+    out: Annotated[Path, typer.Option(help="folder for the files (0600)")] = Path("var/certs"),
+    campus: Annotated[list[str], typer.Option(help="campus id (repeat)")] = [],  # noqa: B006
+    gateway: Annotated[list[str], typer.Option(help="gateway id (repeat)")] = [],  # noqa: B006
+    dns: Annotated[list[str], typer.Option(help="broker DNS name (repeat)")] = [],  # noqa: B006
+    ip: Annotated[list[str], typer.Option(help="broker IP address (repeat)")] = [],  # noqa: B006
+    passwords: Annotated[
+        bool, typer.Option(help="also per-user passwords and mosquitto.passwd")
+    ] = False,
+) -> None:
+    """CA, broker server certificate, one client certificate per campus edge (CN
+    edge-<campus>) and per gateway (CN gateway-<id>); existing files are kept."""
+    from campusguard.certs import generate
+
+    if not dns and not ip:
+        ip = ["127.0.0.1"]
+    try:
+        done = generate(
+            out, campuses=campus, gateways=gateway, dns=dns, ips=ip, passwords=passwords
+        )
+    except ValueError as exc:
+        typer.echo(f"campusguard: {exc}", err=True)
+        raise typer.Exit(2) from None
+    for line in done.lines():
+        typer.echo(line)
+
+
+@certs_app.command("acl")
+def certs_acl(
+    config: Annotated[
+        Path | None, typer.Option(help="gateway config: its campuses and gateway id")
+    ] = None,
+    campus: Annotated[list[str], typer.Option(help="campus id (repeat)")] = [],  # noqa: B006
+    gateway: Annotated[list[str], typer.Option(help="gateway id (repeat)")] = [],  # noqa: B006
+    out: Annotated[Path | None, typer.Option(help="write here (default: stdout)")] = None,
+) -> None:
+    """The Mosquitto ACL confining each campus edge to its own subtree."""
+    from campusguard.certs import acl_text
+
+    campuses, gateways = list(campus), list(gateway)
+    if config is not None:
+        gcfg = _load(config, GatewayConfig)
+        campuses += [c.id for c in gcfg.campuses]
+        gateways.append(gcfg.gateway.id)
+    text = acl_text(sorted(set(campuses)), sorted(set(gateways)))
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+        typer.echo(f"wrote {out}")
+
+
+@certs_app.command("signing-key")
+def certs_signing_key(
+    out: Annotated[Path, typer.Option(help="folder for the key pair (0600)")] = Path("var/certs"),
+) -> None:
+    """The gateway's Ed25519 command-signing key (command-signing.key, gateway only) and its
+    public half (command-signing.pub, for every edge)."""
+    from campusguard.certs import Written, ensure_signing_key
+
+    done = Written()
+    ensure_signing_key(out, done)
+    for line in done.lines():
+        typer.echo(line)
+
+
 @config_app.command("check")
 def config_check(
     path: Path,
@@ -618,6 +766,66 @@ def config_schema(
     for name, schema in schemas().items():
         (out / name).write_text(json.dumps(schema, indent=2, ensure_ascii=False) + "\n")
         typer.echo(f"wrote {out / name}")
+
+
+# --- cameras: the edge's own video analysis (issue 9) ------------------------------------------
+
+camera_app = typer.Typer(help="Cameras: check a camera's picture, baseline and zones.")
+app.add_typer(camera_app, name="camera")
+
+
+@camera_app.command("calibrate")
+def camera_calibrate(
+    config: ConfigOpt,
+    camera: Annotated[str, typer.Option("--camera", help="camera id of cameras:")],
+    out: Annotated[Path, typer.Option("--out", help="folder for the images and stats")],
+    timeout: Annotated[float, typer.Option(help="seconds to get a frame")] = 15.0,
+) -> None:
+    """Grab a frame; write the tamper baseline (image, stats) and the zones drawn on it."""
+    from edge.video.calibrate import CalibrateError, calibrate, grab_frame
+
+    cfg: EdgeConfig = _load(config, EdgeConfig)
+    cams = {c.id: c for c in cfg.cameras}
+    cam = cams.get(camera)
+    if cam is None:
+        typer.echo(
+            f"campusguard: config error: {config}: no camera {camera!r}; cameras: {sorted(cams)}",
+            err=True,
+        )
+        raise typer.Exit(2)
+
+    async def stream_url() -> str:
+        if cam.video.stream_url:
+            return cam.video.stream_url
+        from drivers.onvif import OnvifCamera
+        from edge.cameras import with_credentials
+
+        async with OnvifCamera(
+            cam.host, cam.port, cam.username, cam.secret(), timeout=cam.timeout
+        ) as onvif:
+            token = cam.video.profile or cam.snapshot_profile
+            if token is None:
+                profiles = await onvif.profiles()
+                if not profiles:
+                    raise CalibrateError("the camera has no media profile")
+                token = profiles[0].token
+            return with_credentials(await onvif.stream_uri(token), cam.username, cam.secret())
+
+    try:
+        url = asyncio.run(stream_url())
+        frame = grab_frame(url, timeout)
+    except Exception as exc:  # the camera or its stream: say which and why
+        typer.echo(f"campusguard: camera {camera}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    result = calibrate(cam, frame, out, url)
+    for path in result.files:
+        typer.echo(f"wrote {path}")
+    st = result.stats
+    typer.echo(
+        f"baseline: mean {st['mean']} std {st['std']} blur {st['blur']} features {st['features']}"
+    )
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}")
 
 
 if __name__ == "__main__":

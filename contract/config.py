@@ -13,6 +13,7 @@ import re
 import types
 import typing
 from datetime import datetime
+from datetime import time as dtime
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -52,6 +53,29 @@ class TlsConfig(Strict):
     cert_file: Path | None = Field(None, description="client certificate (mutual TLS)")
     key_file: Path | None = Field(None, description="client private key")
     insecure: bool = Field(False, description="skip host name check (lab use only)")
+
+
+class GatewaySigningConfig(Strict):
+    """The gateway signs every command to a campus (bollards, drills, self-tests) with Ed25519."""
+
+    private_key_file: Path = Field(
+        description="PEM Ed25519 private key from `campusguard certs signing-key` (0600)"
+    )
+
+
+class EdgeSigningConfig(Strict):
+    """The edge verifies the gateway's signature on every command before it acts on it."""
+
+    public_key_file: Path = Field(description="the gateway's command-signing.pub (PEM)")
+    required: bool = Field(
+        True, description="refuse unsigned commands (false: accept them with a warning)"
+    )
+    max_age: float = Field(
+        300.0,
+        gt=0,
+        le=86400,
+        description="seconds a command without its own expiry (drills) stays valid after issue",
+    )
 
 
 class MqttConfig(Strict):
@@ -268,6 +292,107 @@ class CameraInputConfig(Strict):
     real_during_drill: bool = False
 
 
+class VideoZoneConfig(Strict):
+    """A zone drawn on the camera's picture (e.g. the no-parking strip at the gate)."""
+
+    id: Ident
+    polygon: list[tuple[int, int]] = Field(
+        min_length=3,
+        description="[[x, y], ...] pixels of the analysis frame (video.width x height)",
+    )
+    no_parking: bool = Field(True, description="a vehicle staying inside is an event")
+    max_dwell_s: float = Field(120.0, gt=0, le=86400, description="allowed stop, seconds")
+    min_area: int = Field(
+        2500, ge=16, description="pixels (analysis frame) an object needs to count as a vehicle"
+    )
+    days: list[Annotated[int, Field(ge=0, le=6)]] = Field(
+        default_factory=lambda: [0, 1, 2, 3, 4], description="0 = Monday"
+    )
+    hours: list[Annotated[str, Field(pattern=r"^\d\d:\d\d-\d\d:\d\d$")]] = Field(
+        default_factory=list,
+        description='local windows like "07:00-08:30" (arrival, dismissal); none: all day',
+    )
+
+    @field_validator("hours")
+    @classmethod
+    def _windows(cls, hours: list[str]) -> list[str]:
+        for w in hours:
+            start, end = w.split("-")
+            try:
+                ok = dtime.fromisoformat(start) < dtime.fromisoformat(end)
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"hours window {w!r}: HH:MM-HH:MM (00:00-23:59), the start first")
+        return hours
+
+
+def _segments_cross(
+    a: tuple[int, int], b: tuple[int, int], c: tuple[int, int], d: tuple[int, int]
+) -> bool:
+    """Whether segments ab and cd properly intersect (touching at an end does not count)."""
+
+    def orient(p: tuple[int, int], q: tuple[int, int], r: tuple[int, int]) -> int:
+        v = (q[0] - p[0]) * (r[1] - p[1]) - (q[1] - p[1]) * (r[0] - p[0])
+        return (v > 0) - (v < 0)
+
+    o1, o2, o3, o4 = orient(a, b, c), orient(a, b, d), orient(c, d, a), orient(c, d, b)
+    return o1 * o2 < 0 and o3 * o4 < 0
+
+
+def polygon_problem(polygon: list[tuple[int, int]], width: int, height: int) -> str | None:
+    """Why a zone polygon cannot be used on a width x height frame, or None if it can."""
+    for x, y in polygon:
+        if not (0 <= x < width and 0 <= y < height):
+            return f"point ({x}, {y}) is outside the {width}x{height} frame"
+    n = len(polygon)
+    for i in range(n):
+        for j in range(i + 1, n):
+            if j == i + 1 or (i == 0 and j == n - 1):
+                continue  # neighbouring edges share a corner
+            a, b = polygon[i], polygon[(i + 1) % n]
+            c, d = polygon[j], polygon[(j + 1) % n]
+            if _segments_cross(a, b, c, d):
+                return f"edges {i} and {j} cross (the polygon intersects itself)"
+    area2 = sum(
+        polygon[i][0] * polygon[(i + 1) % n][1] - polygon[(i + 1) % n][0] * polygon[i][1]
+        for i in range(n)
+    )
+    if area2 == 0:
+        return "the polygon has no area"
+    return None
+
+
+class CameraVideoConfig(Strict):
+    """The edge reads the camera's RTSP stream itself: health and tamper (OpenCV)."""
+
+    enabled: bool = Field(False, description="analyse the stream on the edge")
+    stream_url: str | None = Field(
+        None,
+        description="rtsp:// URL; default: the camera's GetStreamUri with its credentials",
+    )
+    profile: str | None = Field(None, description="media profile token; default: the first")
+    fps: float = Field(5.0, gt=0, le=30, description="frames per second analysed")
+    width: int = Field(640, ge=64, le=3840, description="analysis frame width")
+    height: int = Field(360, ge=36, le=2160, description="analysis frame height")
+    open_timeout_s: float = Field(10.0, gt=0, le=120)
+    read_timeout_s: float = Field(5.0, gt=0, le=120)
+    stall_s: float = Field(10.0, gt=0, le=600, description="no frame this long: stalled, restart")
+    backoff_cap_s: float = Field(60.0, ge=1, le=3600, description="longest wait between restarts")
+    hold_s: float = Field(10.0, ge=0, le=3600, description="a condition held this long is raised")
+    cooldown_s: float = Field(300.0, ge=0, le=86400, description="not raised again within this")
+    frozen_s: float = Field(20.0, gt=0, le=3600, description="an unchanging picture this long")
+    rebaseline_s: float = Field(120.0, gt=0, le=86400, description="day/night: new baseline after")
+    black_mean: float = Field(16.0, ge=0, le=255)
+    cover_std: float = Field(8.0, ge=0, le=128)
+    defocus_ratio: float = Field(0.3, gt=0, lt=1, description="of the baseline's focus measure")
+    move_inliers: float = Field(0.25, gt=0, lt=1, description="ORB inlier ratio below: moved")
+    move_shift: float = Field(0.05, gt=0, lt=1, description="shift above (of width): moved")
+    frozen_diff: float = Field(0.05, ge=0, le=50, description="mean abs frame difference")
+    zones: list[VideoZoneConfig] = []
+    timezone: str = Field("Asia/Shanghai", description="IANA zone of the zones' hours")
+
+
 class CameraConfig(Strict):
     """An ONVIF camera: its events become ours, and its inputs work like a DI module's."""
 
@@ -299,6 +424,18 @@ class CameraConfig(Strict):
         "NAT, loss noticed within a minute) or webhook (the camera POSTs Notify to the edge's "
         "notify listener: needs the camera to reach the edge; for cameras without pull points)",
     )
+    video: CameraVideoConfig = Field(
+        default_factory=CameraVideoConfig, description="the edge's own stream health and tamper"
+    )
+
+    @model_validator(mode="after")
+    def _video_zones(self) -> CameraConfig:
+        v = self.video
+        for zone in v.zones:
+            problem = polygon_problem(zone.polygon, v.width, v.height)
+            if problem:
+                raise ValueError(f"camera {self.id!r} video zone {zone.id!r}: {problem}")
+        return self
 
     def secret(self) -> str:
         if self.password is not None:
@@ -464,12 +601,112 @@ class EdgeConsoleConfig(Strict):
         return self
 
 
+# --- alarm linkage: site reactions (issue 13, part 3) ---------------------------------------
+
+_LINKAGE_KINDS: list[EventKind] = ["panic", "duress", "intrusion", "bollard_impact"]
+
+
+class LinkageOutputConfig(Strict):
+    """A relay output (DO / relay channel) of a configured Modbus module: siren, strobe, voice."""
+
+    device: Ident = Field(description="a Modbus device of devices: (its module has outputs)")
+    channel: int = Field(ge=0, le=63, description="output (DO / relay) number, from 0")
+    address: int | None = Field(
+        None, ge=0, le=65535, description="coil wire address; default from the profile's DO map"
+    )
+    seconds: float = Field(60.0, gt=0, le=3600, description="switched off again after this")
+    label: Annotated[str, Field(max_length=64)] = Field("", description="siren, strobe, ...")
+
+
+class LinkagePtzConfig(Strict):
+    """Move a PTZ camera to a preset (ONVIF PTZ GotoPreset)."""
+
+    camera: Ident = Field(description="a camera of cameras:")
+    preset: Annotated[str, Field(min_length=1, max_length=64)] = Field(
+        description="the camera's preset token"
+    )
+    profile: str | None = Field(None, description="media profile token; default: the first")
+
+
+class LinkageBollardConfig(Strict):
+    """Raise a gate bollard: only what its command policy and interlocks allow, audited."""
+
+    device: Ident = Field(description="a bollard controller of bollards:")
+    bollard: int = Field(ge=0, le=63, description="the bollard's index on the controller")
+    action: Literal["raise", "emergency_raise"] = "raise"
+    role: Annotated[str, Field(min_length=1, max_length=64)] = Field(
+        "guard", description="the role the command is issued with (the policy decides)"
+    )
+
+
+class LinkageRuleConfig(Strict):
+    """When an alarm of these kinds in these zones is raised, react on site."""
+
+    id: Ident
+    kinds: list[EventKind] = Field(
+        default_factory=lambda: list(_LINKAGE_KINDS), min_length=1, description="alarm kinds"
+    )
+    zones: list[Ident] | Literal["*"] = Field("*", description="zones; '*' = anywhere")
+    drills: bool = Field(False, description="also react to alarms raised during a drill")
+    timeout: float = Field(5.0, gt=0, le=60, description="seconds one action may take")
+    outputs: list[LinkageOutputConfig] = []
+    ptz: list[LinkagePtzConfig] = []
+    bollards: list[LinkageBollardConfig] = []
+
+
+def _check_linkage(rules: list[LinkageRuleConfig], data: dict[str, Any]) -> None:
+    """A rule naming an unknown zone, device, output, camera or bollard is a config error."""
+    zones = {z.id for z in data.get("zones") or []}
+    devices = {d.id for d in data.get("devices") or []}
+    cameras = {c.id for c in data.get("cameras") or []}
+    bollards = {c.id: {b.index for b in c.bollards} for c in data.get("bollards") or []}
+    rule_ids = [r.id for r in rules]
+    if len(rule_ids) != len(set(rule_ids)):
+        raise ValueError(f"linkage rule ids must be unique: {sorted(rule_ids)}")
+    for rule in rules:
+        where = f"linkage rule {rule.id!r}"
+        if not (rule.outputs or rule.ptz or rule.bollards):
+            raise ValueError(f"{where} has no outputs, ptz or bollards: nothing to do")
+        for zone in rule.zones if rule.zones != "*" else []:
+            if zone not in zones:
+                raise ValueError(f"{where} names unknown zone {zone!r}; zones: {sorted(zones)}")
+        for out in rule.outputs:
+            if out.device not in devices:
+                raise ValueError(
+                    f"{where} names unknown device {out.device!r} (outputs); "
+                    f"Modbus devices: {sorted(devices)}"
+                )
+        for ptz in rule.ptz:
+            if ptz.camera not in cameras:
+                raise ValueError(
+                    f"{where} names unknown camera {ptz.camera!r}; cameras: {sorted(cameras)}"
+                )
+        for bol in rule.bollards:
+            if bol.device not in bollards:
+                raise ValueError(
+                    f"{where} names unknown bollard controller {bol.device!r}; "
+                    f"controllers: {sorted(bollards)}"
+                )
+            if bol.bollard not in bollards[bol.device]:
+                raise ValueError(
+                    f"{where} names bollard {bol.bollard} of {bol.device!r}, which has "
+                    f"{sorted(bollards[bol.device])}"
+                )
+
+
 class EdgeNode(Strict):
     id: Ident = "edge"
     data_dir: Path = Field(Path("var/edge"), description="outbox and state live here")
     status_interval: float = Field(
         30.0, ge=1, le=3600, description="seconds between device status refreshes"
     )
+
+
+class EdgeMetricsConfig(Strict):
+    """Prometheus ``GET /metrics`` on the edge (outbox depth, uplink, devices, poll latency)."""
+
+    host: str = Field("127.0.0.1", description="address to bind")
+    port: int = Field(9464, ge=0, le=65535, description="0 picks a free port")
 
 
 class EdgeConfig(Strict):
@@ -487,11 +724,29 @@ class EdgeConfig(Strict):
     test_signal: EdgeTestSignalConfig = EdgeTestSignalConfig()
     drills: EdgeDrillsConfig = EdgeDrillsConfig()
     console: EdgeConsoleConfig = EdgeConsoleConfig()
+    metrics: EdgeMetricsConfig | None = Field(
+        None, description="serve Prometheus metrics over HTTP; none = off"
+    )
+    command_signing: EdgeSigningConfig | None = Field(
+        None, description="verify the gateway's signature on commands; none = not verified"
+    )
+    linkage: list[LinkageRuleConfig] = Field(
+        default_factory=list,
+        description="site reactions to alarms: relay outputs, PTZ presets, gate bollards",
+    )
     notify: NotifyListenerConfig | None = Field(
         None,
         validate_default=True,
         description="listener for cameras with events: webhook; required by them",
     )
+
+    @field_validator("linkage", mode="after")
+    @classmethod
+    def _linkage_refs(
+        cls, rules: list[LinkageRuleConfig], info: ValidationInfo
+    ) -> list[LinkageRuleConfig]:
+        _check_linkage(rules, info.data)
+        return rules
 
     @field_validator("notify", mode="after")
     @classmethod
@@ -1031,6 +1286,126 @@ class Gb28181Config(Strict):
         return self
 
 
+# --- alarm linkage: people told (issue 13, part 4) -----------------------------------------
+
+
+def _read_secret(value: SecretStr | None, file: Path | None) -> str:
+    if value is not None:
+        return value.get_secret_value()
+    if file is not None:
+        return file.read_text(encoding="utf-8").strip()
+    return ""
+
+
+class SmtpConfig(Strict):
+    """The mail server that sends alarm e-mails."""
+
+    host: str
+    port: int = Field(587, ge=1, le=65535)
+    security: Literal["starttls", "tls", "none"] = Field(
+        "starttls", description="starttls (port 587), tls (implicit, port 465) or none (lab)"
+    )
+    username: str | None = Field(None, description="login; none = no AUTH")
+    password: SecretStr | None = Field(None, description="use ${ENV} or password_file")
+    password_file: Path | None = None
+    sender: str = Field(description="From: address")
+    timeout: float = Field(10.0, gt=0, le=120, description="seconds per message")
+
+    def secret(self) -> str:
+        return _read_secret(self.password, self.password_file)
+
+
+class SmsGatewayConfig(Strict):
+    """A district SMS gateway's HTTP API (generic: templates fill in {to} and {text})."""
+
+    url: Annotated[str, Field(pattern=r"^https?://[^\s]+$")] = Field(
+        description="URL template, e.g. https://sms.example/api/send?to={to}"
+    )
+    method: Literal["POST", "GET"] = "POST"
+    auth_header: str | None = Field(None, description="header name, e.g. Authorization")
+    auth_value: SecretStr | None = Field(None, description="its value: ${ENV} or auth_value_file")
+    auth_value_file: Path | None = None
+    body: str = Field(
+        '{"to": {to_json}, "text": {text_json}}',
+        description="body template: {to} {text} raw, {to_json} {text_json} JSON-quoted",
+    )
+    content_type: str = "application/json"
+    timeout: float = Field(10.0, gt=0, le=120)
+
+    def secret(self) -> str:
+        return _read_secret(self.auth_value, self.auth_value_file)
+
+
+class NotifyChannelConfig(Strict):
+    """One way to reach a person: an e-mail address, a mobile number or a webhook URL."""
+
+    type: Literal["email", "sms", "webhook"]
+    to: Annotated[str, Field(min_length=3, max_length=300)] = Field(
+        description="e-mail address, mobile number, or the webhook URL (messaging app bot)"
+    )
+
+
+class NotifyRecipientConfig(Strict):
+    """A person told of alarms, in escalation order (the first is told first)."""
+
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    role: str = Field("", description="principal, security lead, ...")
+    campuses: list[str] | Literal["*"] = "*"
+    channels: list[NotifyChannelConfig] = Field(
+        min_length=1, description="tried in order: the next when one fails"
+    )
+
+
+_NOTIFY_KINDS: list[EventKind] = [
+    "panic",
+    "duress",
+    "holdup",
+    "fire",
+    "intrusion",
+    "bollard_impact",
+]
+
+
+class GatewayNotifyConfig(Strict):
+    """Tell school leaders of alarms: e-mail, SMS gateway, messaging webhooks; escalation.
+
+    Quiet hours never apply to alarms: there is deliberately no such setting.
+    """
+
+    recipients: list[NotifyRecipientConfig] = Field(min_length=1)
+    kinds: list[EventKind] = Field(
+        default_factory=lambda: list(_NOTIFY_KINDS), description="alarm kinds people are told of"
+    )
+    drills: bool = Field(False, description="tell people of alarms raised during drills too")
+    escalate_after: float = Field(
+        300.0, gt=0, le=86400, description="seconds without acknowledgement before the next person"
+    )
+    attempts: int = Field(3, ge=1, le=20, description="tries per channel before the next channel")
+    retry_delay: float = Field(5.0, gt=0, le=3600, description="seconds between tries")
+    poll_interval: float = Field(1.0, gt=0, le=60, description="seconds between scans")
+    smtp: SmtpConfig | None = None
+    sms: SmsGatewayConfig | None = None
+    webhook_timeout: float = Field(10.0, gt=0, le=120)
+    public_url: Annotated[str, Field(pattern=r"^https?://[^\s]+$")] | None = Field(
+        None, description="this gateway as people reach it: alarm and acknowledgement links"
+    )
+    ack_key: SecretStr | None = Field(None, description="HMAC key of ack links: ${ENV} or file")
+    ack_key_file: Path | None = None
+
+    def ack_secret(self) -> bytes:
+        return _read_secret(self.ack_key, self.ack_key_file).encode()
+
+    @model_validator(mode="after")
+    def _channels(self) -> GatewayNotifyConfig:
+        for r in self.recipients:
+            for c in r.channels:
+                if c.type == "email" and self.smtp is None:
+                    raise ValueError(f"recipient {r.name!r} has an email channel: set notify.smtp")
+                if c.type == "sms" and self.sms is None:
+                    raise ValueError(f"recipient {r.name!r} has an sms channel: set notify.sms")
+        return self
+
+
 class RoutingRule(Strict):
     """Events of these kinds from these campuses go to these sinks."""
 
@@ -1071,6 +1446,12 @@ class GatewayConfig(Strict):
     relay_concurrency: int = Field(
         8, ge=1, le=256, description="deliveries in flight per sink (one at a time per campus)"
     )
+    command_signing: GatewaySigningConfig | None = Field(
+        None, description="sign commands to campuses; none = sent unsigned"
+    )
+    notify: GatewayNotifyConfig | None = Field(
+        None, description="tell school leaders of alarms (e-mail, SMS, webhooks); none = off"
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> GatewayConfig:
@@ -1085,6 +1466,9 @@ class GatewayConfig(Strict):
                 unknown = sorted(set(rule.campuses) - set(ids))
                 if unknown:
                     raise ValueError(f"routing[{i}] names unknown campus(es) {unknown}")
+        for r in self.notify.recipients if self.notify is not None else []:
+            if r.campuses != "*" and (unknown := sorted(set(r.campuses) - set(ids))):
+                raise ValueError(f"notify recipient {r.name!r} names unknown campus(es) {unknown}")
         if self.dc09 is not None and not self.test_signals.relay_missed:
             codes = dict(self.dc09.codes)
             codes["test_missed"] = codes["test_missed"].model_copy(update={"relay": False})

@@ -44,6 +44,7 @@ EventKind = Literal[
     "test_missed",  # raised centrally: a campus' periodic test signal did not arrive in time
     "selftest",  # a self-test's progress at the edge (detail: selftest_id, hop)
     "guard_action",  # the guard console acknowledged or closed an alarm (detail: alarm_id, action)
+    "linkage",  # a site reaction to an alarm (detail: rule, action, target, ok, error, alarm_id)
 ]
 ALARM_KINDS: frozenset[str] = frozenset(
     {

@@ -90,17 +90,18 @@ def gateway_subscriptions(
 ) -> list[str]:
     """What a gateway subscribes to; with a share group several gateways split the load.
 
-    ``events`` (alarms, events, states, evidence) and ``telemetry`` are separate streams so a
-    gateway can take them on separate connections: an alarm never waits in line behind a
-    flood of telemetry.
+    ``events`` (alarms, events, edge states, evidence) and ``telemetry`` (telemetry batches
+    and the retained device status, the bulk: a district's 15,000 devices report every 30 s)
+    are separate streams so a gateway can take them on separate connections: an alarm never
+    waits in line behind a flood of telemetry or device status (bench/district.py).
     """
     root = f"{ROOT}/{VERSION}/+/up"
     if stream == "all":
         bases = [f"{root}/#"]
     elif stream == "telemetry":
-        bases = [f"{root}/telemetry"]
+        bases = [f"{root}/telemetry", f"{root}/device/+"]
     else:
-        bases = [f"{root}/event", f"{root}/edge", f"{root}/device/+", f"{root}/evidence"]
+        bases = [f"{root}/event", f"{root}/edge", f"{root}/evidence"]
     return [f"$share/{share_group}/{b}" if share_group else b for b in bases]
 
 

@@ -15,6 +15,8 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from contract import topics
 from contract.config import CameraConfig, InputConfig
@@ -35,6 +37,9 @@ from drivers.onvif import (
 from edge.alarms import InputTracker
 from edge.events import EventSink
 from edge.telemetry import PollStats
+
+if TYPE_CHECKING:  # OpenCV is loaded only by an edge that analyses video
+    from edge.video.monitor import VideoMonitor
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +98,12 @@ class CameraWatcher:
         self.last_event: datetime | None = None
 
     async def run(self) -> None:
+        if self.cfg.video.enabled:  # the edge's own stream health and tamper (edge/video/)
+            await asyncio.gather(self._run_onvif(), self.run_video())
+            return
+        await self._run_onvif()
+
+    async def _run_onvif(self) -> None:
         backoff = Backoff(first=1.0, cap=60.0)
         while True:
             cam = OnvifCamera(
@@ -213,6 +224,8 @@ class CameraWatcher:
             points["last_event"] = self.last_event.isoformat() if self.last_event else None
             for source, tracker in self.trackers.items():
                 points[self.inputs[source].id] = tracker.state
+        if self.video is not None:
+            points.update(self.video.points())
         return DeviceStatus(
             campus=self._campus,
             device=self.cfg.id,
@@ -249,6 +262,8 @@ class CameraWatcher:
         if self.snapshot_stats is not None:
             for key, value in self.snapshot_stats.take().items():
                 fields[f"snapshot_{key}"] = value
+        if self.video is not None:
+            fields.update(self.video.telemetry())
         return [Sample(device=self.cfg.id, kind="camera", fields=fields)]
 
     # --- alarm evidence -----------------------------------------------------------------------
@@ -282,3 +297,76 @@ class CameraWatcher:
             raise
         self.snapshot_stats.ok(time.monotonic() - start)
         return image
+
+    # --- alarm linkage: PTZ preset (issue 13) -------------------------------------------------
+
+    async def goto_preset(self, preset: str, profile: str | None = None) -> None:
+        """ONVIF PTZ GotoPreset on the configured (or the first) media profile.
+
+        Raises:
+            CameraError: the camera is not connected, has no PTZ service or refused.
+        """
+        cam = self.camera
+        if cam is None or not self.online:
+            raise CameraError(self.cfg.host, "GotoPreset", self.error or "camera is not connected")
+        token = profile or self.cfg.snapshot_profile
+        if token is None:
+            profiles = await cam.profiles()
+            if not profiles:
+                raise CameraError(self.cfg.host, "GotoPreset", "the camera has no media profile")
+            token = profiles[0].token
+
+        async def go() -> None:
+            ptz = await cam.lib.create_ptz_service()
+            req = ptz.create_type("GotoPreset")
+            req.ProfileToken = token
+            req.PresetToken = preset
+            await ptz.GotoPreset(req)
+
+        await cam.call("GotoPreset", go)
+
+    # --- the edge's own video analysis (issue 9) ----------------------------------------------
+
+    video: VideoMonitor | None = None
+
+    async def stream_url(self) -> str | None:
+        """The RTSP URL to read: ``video.stream_url``, else GetStreamUri with credentials in it.
+
+        Returns None while the camera is not connected.
+        """
+        if self.cfg.video.stream_url:
+            return self.cfg.video.stream_url
+        cam = self.camera
+        if cam is None or not self.online:
+            return None
+        token = self.cfg.video.profile or self.cfg.snapshot_profile
+        if token is None:
+            profiles = await cam.profiles()
+            if not profiles:
+                raise CameraError(self.cfg.host, "GetStreamUri", "the camera has no media profile")
+            token = profiles[0].token
+        return with_credentials(await cam.stream_uri(token), self.cfg.username, self.cfg.secret())
+
+    async def run_video(self) -> None:
+        """Read and analyse the stream (a thread per stream); events go to our sink."""
+        from edge.video.monitor import VideoMonitor
+
+        self.video = VideoMonitor(
+            self.cfg.id,
+            self.cfg.video,
+            self._sink,
+            self.stream_url,
+            zone=self.cfg.zone,
+            location=self.cfg.location,
+            on_status=self.publish_status,
+        )
+        await self.video.run()
+
+
+def with_credentials(url: str, username: str, password: str) -> str:
+    """``rtsp://user:pass@host/...`` (percent-encoded) unless the URL carries some already."""
+    parts = urlsplit(url)
+    if not username or parts.username is not None or not parts.hostname:
+        return url
+    netloc = f"{quote(username, safe='')}:{quote(password, safe='')}@{parts.netloc}"
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from contract import topics
+from contract import signing, topics
 from contract.aio import cancel_and_wait
 from contract.config import (
     BollardControllerConfig,
@@ -43,9 +43,11 @@ from drivers.modbus.profile import load_profile
 from drivers.onvif import NotifyListener
 from edge.bollard_poller import BollardPoller
 from edge.cameras import CameraWatcher
+from edge.command_auth import CommandGuard
 from edge.drills import DrillManager
 from edge.events import EventSink
 from edge.evidence import EvidenceCollector, evidence_dir
+from edge.linkage import Linkage
 from edge.outbox import Outbox
 from edge.pollers import ModbusPoller
 from edge.selftest import SelfTester, SelftestSink
@@ -77,12 +79,17 @@ class EdgeRuntime:
     notify: NotifyListener | None = None
     drills: DrillManager | None = None
     selftest: SelfTester | None = None
+    linkage: Linkage | None = None
     rejected: int = 0
+    commands: CommandGuard | None = None
+    """Signature, expiry and replay checks of commands from the centre (issue 11)."""
     status_listeners: list[Callable[[AlarmStatus], None]] = field(default_factory=list)
     """Called with each new alarm status from the centre (the guard console)."""
     console_port: int | None = None
     """The guard console's bound port, while it runs (``console.enabled``)."""
     console: ConsoleService | None = None
+    metrics_port: int | None = None
+    """The Prometheus endpoint's bound port, while it runs (``metrics``)."""
 
 
 def channel_specs(dev: ModbusDeviceConfig) -> list[ChannelSpec]:
@@ -152,6 +159,7 @@ async def run_edge(cfg: EdgeConfig) -> AsyncIterator[EdgeRuntime]:
     async with Outbox(data_dir / "outbox.db") as outbox:
         sink: EventSink = SelftestSink(cfg, outbox)
         runtime_ref: list[EdgeRuntime] = []
+        commands = CommandGuard(cfg.command_signing, data_dir)
 
         async def on_message(topic: str, payload: bytes) -> None:
             await _handle_down(runtime_ref[0], topic, payload)
@@ -165,7 +173,7 @@ async def run_edge(cfg: EdgeConfig) -> AsyncIterator[EdgeRuntime]:
             timeouts = {d.timeout for d in cfg.devices} | {b.timeout for b in cfg.bollards}
             for timeout in sorted(timeouts):
                 buses[timeout] = await stack.enter_async_context(ModbusBus(timeout=timeout))
-            rt = EdgeRuntime(cfg=cfg, outbox=outbox, uplink=uplink, sink=sink)
+            rt = EdgeRuntime(cfg=cfg, outbox=outbox, uplink=uplink, sink=sink, commands=commands)
             runtime_ref.append(rt)
             # Before any poller runs: alarms after a restart mid-drill are drills at once.
             rt.drills = DrillManager(cfg, sink, outbox)
@@ -217,6 +225,12 @@ async def run_edge(cfg: EdgeConfig) -> AsyncIterator[EdgeRuntime]:
             sink.listeners.append(rt.evidence.on_event)
             runners = [(dev_id, p.run()) for dev_id, p in rt.pollers.items()]
             runners.append(("evidence", rt.evidence.run()))
+            if cfg.linkage:
+                # Site reactions: after the alarm is on disk, never in its way.
+                rt.linkage = Linkage(cfg, sink, rt.pollers, rt.cameras, rt.bollards)
+                sink.listeners.append(rt.linkage.on_event)
+                rt.status_listeners.append(rt.linkage.on_status)
+                runners.append(("linkage", rt.linkage.run()))
             runners.append(("drills", rt.drills.run()))
             rt.selftest = SelfTester(rt)
             stack.push_async_callback(rt.selftest.aclose)
@@ -234,6 +248,12 @@ async def run_edge(cfg: EdgeConfig) -> AsyncIterator[EdgeRuntime]:
                     from edge.console.app import serve_console
 
                     rt.console_port = await stack.enter_async_context(serve_console(rt))
+                if cfg.metrics is not None:
+                    from edge.metrics import serve_metrics
+
+                    rt.metrics_port = await stack.enter_async_context(
+                        serve_metrics(rt, cfg.metrics.host, cfg.metrics.port)
+                    )
                 log.info(
                     "edge %s of campus %s running: %d device(s), broker %s:%d",
                     cfg.edge.id,
@@ -294,6 +314,14 @@ async def _handle_down(rt: EdgeRuntime, topic: str, payload: bytes) -> None:
     if len(payload) > MAX_PAYLOAD_BYTES:
         _reject(rt, topic, f"{len(payload)} bytes")
         return
+    signed = parsed.kind in signing.SIGNED_KINDS and rt.commands is not None
+    if signed:
+        assert rt.commands is not None
+        unwrapped = rt.commands.unwrap(topic, parsed.kind, payload)
+        if unwrapped is None:
+            rt.rejected += 1
+            return
+        payload = unwrapped
     try:
         msg = model.model_validate_json(payload)
     except ValidationError as exc:
@@ -302,6 +330,11 @@ async def _handle_down(rt: EdgeRuntime, topic: str, payload: bytes) -> None:
     if msg.campus != rt.cfg.campus.id:
         _reject(rt, topic, f"payload is for campus {msg.campus}")
         return
+    if signed and isinstance(msg, BollardCommandMessage | DrillCommand | SelftestRequest):
+        assert rt.commands is not None
+        if not rt.commands.admit(topic, parsed.kind, msg):
+            rt.rejected += 1
+            return
     if isinstance(msg, Receipt):
         await rt.outbox.confirm(msg.ids)
     elif isinstance(msg, BollardCommandMessage):

@@ -115,8 +115,12 @@ class EvidenceCollector:
         cam = watcher.cfg.id
         error: str | None = None
         image = b""
+        marked = self._marked_picture(event, watcher) if shot == 0 else None
         try:
-            image = await asyncio.wait_for(watcher.evidence_snapshot(), self._ev.timeout)
+            if marked is not None:
+                image = marked  # the video analysis' picture, marked with the zone and object
+            else:
+                image = await asyncio.wait_for(watcher.evidence_snapshot(), self._ev.timeout)
         except TimeoutError:
             error = f"no picture within {self._ev.timeout:g} s"
         except CameraError as exc:
@@ -182,6 +186,18 @@ class EvidenceCollector:
             topics.evidence_topic(campus),
             wire.encode(header, image),
         )
+
+    @staticmethod
+    def _marked_picture(event: Event, watcher: CameraWatcher) -> bytes | None:
+        """For a no-parking event of this camera's own video analysis: the frame it judged,
+        with the zone and the vehicle drawn on it (for the guard and the traffic police)."""
+        if event.device != watcher.cfg.id or event.detail.get("cause") != "no_parking":
+            return None
+        video = watcher.video
+        zone = event.detail.get("zone")
+        if video is None or not isinstance(zone, str):
+            return None
+        return video.parking_snapshots.get(zone)
 
     async def sweep(self, now: float | None = None) -> int:
         """Delete the edge's copies older than the retention; returns how many files went."""

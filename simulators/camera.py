@@ -87,6 +87,7 @@ _PASSWORD_DIGEST = "#PasswordDigest"
 _MAX_PULL_TIMEOUT = 120.0
 _DEFAULT_TERM = dt.timedelta(minutes=10)
 _DIGEST_REALM = "CampusGuard camera"
+_PTZ_NS = "http://www.onvif.org/ver20/ptz/wsdl"
 
 
 def _baseline_grey_jpeg() -> bytes:
@@ -348,6 +349,8 @@ class CameraSimulator:
         self.requests: dict[str, int] = {}
         self.notifies_sent = 0
         self.notify_failures = 0
+        self.ptz_gotos: list[tuple[str, str]] = []  # (profile, preset) reached: linkage
+        self.ptz_delay = 0.0  # seconds GotoPreset takes (a hanging PTZ head)
         self._pushers: dict[int, asyncio.Task[None]] = {}
         self._push_client: httpx.AsyncClient | None = None
         self._subs: dict[int, _Subscription] = {}
@@ -614,6 +617,7 @@ class CameraSimulator:
                 Route("/onvif/device_service", self._soap_endpoint("device"), methods=["POST"]),
                 Route("/onvif/media_service", self._soap_endpoint("media"), methods=["POST"]),
                 Route("/onvif/event_service", self._soap_endpoint("events"), methods=["POST"]),
+                Route("/onvif/ptz_service", self._soap_endpoint("ptz"), methods=["POST"]),
                 Route(
                     "/onvif/subscription/{ident:int}",
                     self._soap_endpoint("subscription"),
@@ -688,6 +692,7 @@ class CameraSimulator:
             ("subscription", "Renew"): self._renew,
             ("subscription", "Unsubscribe"): self._unsubscribe,
             ("subscription", "SetSynchronizationPoint"): self._set_synchronization_point,
+            ("ptz", "GotoPreset"): self._ptz_goto_preset,
         }
 
     # ------------------------------------------------------------------ WS-Security
@@ -726,6 +731,23 @@ class CameraSimulator:
         elif not secrets.compare_digest(given, self.password):
             raise _not_authorized("Sender not Authorized")
 
+    # ------------------------------------------------------------------ PTZ (issue 13: linkage)
+
+    PTZ_PRESETS = ("1", "2", "3", "gate", "guardroom")
+    """Preset tokens the simulated PTZ head knows."""
+
+    async def _ptz_goto_preset(self, op: ET.Element, request: Request) -> str:
+        profile = (op.findtext(f"{{{_PTZ_NS}}}ProfileToken") or "").strip()
+        preset = (op.findtext(f"{{{_PTZ_NS}}}PresetToken") or "").strip()
+        if profile not in self._profile_tokens():
+            raise _sender_fault("ter:InvalidArgVal", f"no profile {profile!r}", "ter:NoProfile")
+        if preset not in self.PTZ_PRESETS:
+            raise _sender_fault("ter:InvalidArgVal", f"no preset {preset!r}", "ter:NoToken")
+        if self.ptz_delay:
+            await asyncio.sleep(self.ptz_delay)
+        self.ptz_gotos.append((profile, preset))
+        return f'<tptz:GotoPresetResponse xmlns:tptz="{_PTZ_NS}"/>'
+
     # ------------------------------------------------------------------ device service
 
     async def _get_system_date_and_time(self, op: ET.Element, request: Request) -> str:
@@ -748,6 +770,7 @@ class CameraSimulator:
             (NS["tds"], self._xaddr("device"), 2, 40),
             (NS["trt"], self._xaddr("media"), 2, 40),
             (NS["tev"], self._xaddr("event"), 2, 40),
+            (_PTZ_NS, self._xaddr("ptz"), 2, 40),
         ]
         return (
             "<tds:GetServicesResponse>"

@@ -54,7 +54,17 @@ class Mosquitto:
     """A real Mosquitto broker on a free loopback port, with persistence in a temp dir so that
     persistent sessions survive a restart, as they do in production."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        *,
+        tls_dir: Path | None = None,
+        acl_file: Path | None = None,
+    ) -> None:
+        """``tls_dir``: a ``campusguard certs generate`` folder; the listener then takes only
+        TLS with a client certificate whose CN is the user name (as config/mosquitto-tls.conf),
+        and ``acl_file`` (if given) applies."""
         self.workdir = workdir
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -74,6 +84,18 @@ class Mosquitto:
             "set_tcp_nodelay true\n"
             f"log_dest file {self.log}\n"
         )
+        if tls_dir is not None:
+            text = self.conf.read_text().replace("allow_anonymous true", "allow_anonymous false")
+            text += (
+                f"cafile {tls_dir}/ca.crt\n"
+                f"certfile {tls_dir}/server.crt\n"
+                f"keyfile {tls_dir}/server.key\n"
+                "require_certificate true\n"
+                "use_identity_as_username true\n"
+            )
+            if acl_file is not None:
+                text += f"acl_file {acl_file}\n"
+            self.conf.write_text(text)
 
     def start(self) -> None:
         self.proc = subprocess.Popen(

@@ -42,9 +42,13 @@ def test_campus_id_confines_topics() -> None:
     with pytest.raises(ValueError, match="must not contain"):
         topics.device_status_topic("c1", "x/#")
     assert topics.gateway_subscriptions("g") == ["$share/g/cg/v1/+/up/#"]
-    assert topics.gateway_subscriptions(None, "telemetry") == ["cg/v1/+/up/telemetry"]
+    assert topics.gateway_subscriptions(None, "telemetry") == [
+        "cg/v1/+/up/telemetry",
+        "cg/v1/+/up/device/+",
+    ]
     events = topics.gateway_subscriptions("g", "events")
-    assert "$share/g/cg/v1/+/up/event" in events and "$share/g/cg/v1/+/up/device/+" in events
+    assert "$share/g/cg/v1/+/up/event" in events and "$share/g/cg/v1/+/up/edge" in events
+    assert not any("device" in t for t in events)  # the status flood is on the other connection
     assert not any("telemetry" in t for t in events)
     assert topics.edge_subscriptions("c1") == ["cg/v1/c1/down/#"]
 

@@ -297,3 +297,32 @@ class PeriodicTestRow(Base):
     interval_s: Mapped[float] = mapped_column(Float)
     missed: Mapped[bool] = mapped_column(Boolean, default=False)
     missed_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class NotificationRow(Base):
+    """Telling one person of one alarm (issue 13): a durable job with retries and fallback.
+
+    ``step`` is the recipient's place in the campus' escalation order; ``channel`` the index of
+    the channel tried now (the next on failure). ``errors`` keeps every failure, visible in
+    ``GET /api/notify/{alarm_id}``.
+    """
+
+    __tablename__ = "notifications"
+    __table_args__ = (Index("ix_notifications_due", "state", "next_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    alarm_id: Mapped[str] = mapped_column(String(26), index=True)
+    campus: Mapped[str] = mapped_column(String(64))
+    step: Mapped[int] = mapped_column(Integer)
+    recipient: Mapped[str] = mapped_column(String(64))
+    channel: Mapped[int] = mapped_column(Integer, default=0)
+    via: Mapped[str | None] = mapped_column(String(16))  # the channel type that delivered
+    state: Mapped[str] = mapped_column(String(16))  # pending, sent, failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    escalate_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    escalated: Mapped[bool] = mapped_column(Boolean, default=False)
+    acked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    errors: Mapped[str] = mapped_column(Text, default="")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,6 +34,9 @@ from gateway.store.models import (
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+log = logging.getLogger(__name__)
 
 
 def now() -> datetime:
@@ -107,74 +111,85 @@ class Store:
         sequence numbers fixed, in the same transaction, so the relay can send at once without
         another round trip to the database (the fast path of press-to-police).
         """
-        ts = now()
-        jobs: list[ClaimedJob] = []
-        async with self.session() as s:
-            try:
-                async with s.begin():
-                    if await s.get(EventRow, event.id) is not None:
-                        return False, []
-                    s.add(
-                        EventRow(
-                            id=event.id,
-                            campus=event.campus,
-                            edge=event.edge,
-                            seq=event.seq,
-                            kind=event.kind,
-                            severity=event.severity,
-                            device=event.device,
-                            point=event.point,
-                            zone=event.zone,
-                            restore=event.restore,
-                            drill=event.drill,
-                            edge_ts=event.ts,
-                            received_at=ts,
-                            payload=event.model_dump(mode="json"),
-                        )
-                    )
-                    if _gets_alarm_record(event) and not event.restore:
+        # An IntegrityError rolls the whole transaction back. Either another gateway stored
+        # this event between our check and our insert (a repeat: done), or two gateways both
+        # created a row that did not exist yet (a sink's first sequence counter, issue 12):
+        # then nothing of this event is stored and it must be tried again, or the alarm would
+        # be acknowledged, receipted and lost.
+        for _attempt in range(5):
+            ts = now()
+            jobs: list[ClaimedJob] = []
+            async with self.session() as s:
+                try:
+                    async with s.begin():
+                        if await s.get(EventRow, event.id) is not None:
+                            return False, []
                         s.add(
-                            AlarmRow(
+                            EventRow(
                                 id=event.id,
                                 campus=event.campus,
+                                edge=event.edge,
+                                seq=event.seq,
                                 kind=event.kind,
                                 severity=event.severity,
                                 device=event.device,
                                 point=event.point,
                                 zone=event.zone,
-                                location=event.location,
-                                lat=event.geo.lat if event.geo else None,
-                                lon=event.geo.lon if event.geo else None,
                                 restore=event.restore,
                                 drill=event.drill,
-                                text=event.text,
                                 edge_ts=event.ts,
                                 received_at=ts,
-                                state="received",
+                                payload=event.model_dump(mode="json"),
                             )
                         )
-                        s.add(self._step(event.id, event.campus, "received", ts))
-                    for sink in relay_to:
-                        seq = await self._next_seq(s, sink)
-                        s.add(
-                            RelayJob(
-                                alarm_id=event.id,
-                                sink=sink,
-                                state="pending",
-                                priority=0 if event.severity == "critical" else 1,
-                                attempts=0,
-                                seq=seq,
-                                next_at=ts,
-                                claimed_by=worker,
-                                claimed_until=ts + timedelta(seconds=lease),
-                                created_at=ts,
+                        if _gets_alarm_record(event) and not event.restore:
+                            s.add(
+                                AlarmRow(
+                                    id=event.id,
+                                    campus=event.campus,
+                                    kind=event.kind,
+                                    severity=event.severity,
+                                    device=event.device,
+                                    point=event.point,
+                                    zone=event.zone,
+                                    location=event.location,
+                                    lat=event.geo.lat if event.geo else None,
+                                    lon=event.geo.lon if event.geo else None,
+                                    restore=event.restore,
+                                    drill=event.drill,
+                                    text=event.text,
+                                    edge_ts=event.ts,
+                                    received_at=ts,
+                                    state="received",
+                                )
                             )
-                        )
-                        jobs.append(ClaimedJob(event.id, sink, 0, seq, event))
-            except IntegrityError:
-                # Another gateway stored it between our check and our insert.
-                return False, []
-        return True, jobs
+                            s.add(self._step(event.id, event.campus, "received", ts))
+                        for sink in relay_to:
+                            seq = await self._next_seq(s, sink)
+                            s.add(
+                                RelayJob(
+                                    alarm_id=event.id,
+                                    sink=sink,
+                                    state="pending",
+                                    priority=0 if event.severity == "critical" else 1,
+                                    attempts=0,
+                                    seq=seq,
+                                    next_at=ts,
+                                    claimed_by=worker,
+                                    claimed_until=ts + timedelta(seconds=lease),
+                                    created_at=ts,
+                                )
+                            )
+                            jobs.append(ClaimedJob(event.id, sink, 0, seq, event))
+                except IntegrityError:
+                    pass
+                else:
+                    return True, jobs
+            async with self.session() as s:
+                if await s.get(EventRow, event.id) is not None:
+                    return False, []
+            log.warning("storing event %s collided with another gateway; trying again", event.id)
+        raise RuntimeError(f"event {event.id}: could not be stored after 5 attempts")
 
     @staticmethod
     async def _next_seq(s: AsyncSession, sink: str, modulo: int = 9999) -> int:

@@ -1,0 +1,244 @@
+"""People told of alarms (issue 13, part 4): a real SMTP server in-process (aiosmtpd), a real HTTP
+receiver for the SMS gateway and the messaging webhook, retries and channel fallback with the
+failure visible, and escalation to the next person unless someone acknowledges."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from email import message_from_bytes
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from aiohttp import web
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from pydantic import SecretStr
+
+from contract.config import GatewayConfig, GatewayNotifyConfig
+from gateway.service import GatewayRuntime, run_gateway
+from tests.gwkit import CAMPUS, gateway_config, make_event
+from tests.helpers import Mosquitto, free_port, wait_for
+
+PUBLIC = "https://cg.district.example"
+
+
+class Mailbox:
+    def __init__(self) -> None:
+        self.mails: list[tuple[list[str], bytes]] = []
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        assert isinstance(envelope.content, bytes)
+        self.mails.append((list(envelope.rcpt_tos), envelope.content))
+        return "250 OK"
+
+
+@contextlib.contextmanager
+def smtp_server() -> Any:
+    box = Mailbox()
+    port = free_port()
+    ctl = Controller(box, hostname="127.0.0.1", port=port)
+    ctl.start()
+    try:
+        yield box, port
+    finally:
+        ctl.stop()
+
+
+class Receiver:
+    """A real HTTP server recording every request (SMS gateway and webhooks)."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
+        self.port = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.requests.append((request.method, request.path_qs, dict(request.headers), body))
+        return web.json_response({"ok": True})
+
+    def on(self, prefix: str) -> list[tuple[str, str, dict[str, str], bytes]]:
+        return [r for r in self.requests if r[1].startswith(prefix)]
+
+
+@contextlib.asynccontextmanager
+async def receiver() -> AsyncIterator[Receiver]:
+    rec = Receiver()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", rec.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    rec.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield rec
+    finally:
+        await runner.cleanup()
+
+
+def gw_cfg(tmp: Path, broker: int, notify: dict[str, Any]) -> GatewayConfig:
+    cfg = gateway_config(tmp, broker, None, http=True)
+    ev = cfg.evidence.model_copy(
+        update={"public_url": PUBLIC, "link_key": SecretStr("link-key-0123456789abcdef-xyz")}
+    )
+    base = {"public_url": PUBLIC, "poll_interval": 0.1, "retry_delay": 0.1}
+    n = GatewayNotifyConfig.model_validate({**base, **notify})
+    return cfg.model_copy(update={"notify": n, "evidence": ev})
+
+
+async def alarm(gw: GatewayRuntime, **kw: Any) -> str:
+    ev = make_event(seq=0, **kw)
+    await gw.ingest.submit_local(ev)
+    assert gw.notifier is not None
+    gw.notifier.wake.set()
+    return ev.id
+
+
+async def jobs(gw: GatewayRuntime, alarm_id: str) -> list[dict[str, Any]]:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.http_port}") as http:
+        r = await http.get(f"/api/notify/{alarm_id}")
+        assert r.status_code == 200, r.text
+        out: list[dict[str, Any]] = r.json()
+        return out
+
+
+async def test_principal_gets_the_mail_with_what_where_and_links(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    with smtp_server() as (box, port):
+        notify = {
+            "smtp": {
+                "host": "127.0.0.1",
+                "port": port,
+                "security": "none",
+                "sender": "cg@district.example",
+            },
+            "recipients": [
+                {
+                    "name": "principal",
+                    "role": "principal",
+                    "channels": [{"type": "email", "to": "principal@school.example"}],
+                }
+            ],
+        }
+        async with run_gateway(gw_cfg(tmp_path, mosquitto.port, notify)) as gw:
+            t0 = time.monotonic()
+            alarm_id = await alarm(gw, location="south gate guard booth")
+            await wait_for(lambda: len(box.mails) == 1, timeout=5, what="mail")
+            assert time.monotonic() - t0 < 3
+            rcpt, raw = box.mails[0]
+            assert rcpt == ["principal@school.example"]
+            mail = message_from_bytes(raw)
+            assert "panic" in mail["Subject"] and "Test school" in mail["Subject"]
+            body = mail.get_payload(decode=True).decode()  # type: ignore[union-attr]
+            assert "What:  panic button pressed" in body
+            assert "south gate guard booth" in body
+            assert f"{PUBLIC}/verify/{alarm_id}" in body  # the snapshot (verification) link
+            assert f"{PUBLIC}/api/alarms/{alarm_id}" in body
+            assert f"{PUBLIC}/api/notify/ack/" in body
+            done = await jobs(gw, alarm_id)
+            assert [(j["recipient"], j["state"], j["via"]) for j in done] == [
+                ("principal", "sent", "email")
+            ]
+            # A restore and a drill are not alarms to tell people of.
+            await alarm(gw, restore=True, severity="info")
+            await alarm(gw, drill=True)
+            await asyncio.sleep(0.5)
+            assert len(box.mails) == 1
+
+
+async def test_smtp_down_retries_then_the_sms_gateway_failure_visible(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    dead = free_port()  # nothing listens: the mail server is down
+    async with receiver() as rec:
+        notify = {
+            "attempts": 2,
+            "smtp": {"host": "127.0.0.1", "port": dead, "sender": "cg@district.example"},
+            "sms": {
+                "url": f"http://127.0.0.1:{rec.port}/sms/send?to={{to}}",
+                "auth_header": "X-Api-Key",
+                "auth_value": "sms-key-123",
+            },
+            "recipients": [
+                {
+                    "name": "lead",
+                    "role": "security lead",
+                    "channels": [
+                        {"type": "email", "to": "lead@school.example"},
+                        {"type": "sms", "to": "+8613800000000"},
+                    ],
+                }
+            ],
+        }
+        async with run_gateway(gw_cfg(tmp_path, mosquitto.port, notify)) as gw:
+            alarm_id = await alarm(gw)
+            await wait_for(lambda: len(rec.on("/sms/")) == 1, timeout=10, what="sms")
+            method, path, headers, body = rec.on("/sms/")[0]
+            assert method == "POST" and "to=%2B8613800000000" in path
+            assert headers["X-Api-Key"] == "sms-key-123"
+            doc = json.loads(body)
+            assert doc["to"] == "+8613800000000" and "panic button pressed" in doc["text"]
+            assert "/api/notify/ack/" in doc["text"]
+
+            async def sent() -> list[dict[str, Any]]:
+                return [j for j in await jobs(gw, alarm_id) if j["state"] == "sent"]
+
+            deadline = time.monotonic() + 5
+            while not await sent() and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            (job,) = await jobs(gw, alarm_id)
+            assert (job["state"], job["via"], job["channel"]) == ("sent", "sms", 1)
+            assert len(job["errors"]) == 2  # two tries of the mail server, both visible
+            assert all("email lead@school.example: smtp 127.0.0.1" in e for e in job["errors"])
+
+
+async def test_escalation_unless_acknowledged(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    async with receiver() as rec:
+        url = f"http://127.0.0.1:{rec.port}"
+        notify = {
+            "escalate_after": 0.8,
+            "recipients": [
+                {"name": "principal", "channels": [{"type": "webhook", "to": f"{url}/p"}]},
+                {"name": "lead", "channels": [{"type": "webhook", "to": f"{url}/l"}]},
+            ],
+        }
+        async with run_gateway(gw_cfg(tmp_path, mosquitto.port, notify)) as gw:
+
+            def told(prefix: str, alarm_id: str) -> list[dict[str, Any]]:
+                docs = [json.loads(r[3]) for r in rec.on(prefix)]
+                return [d for d in docs if d["alarm_id"] == alarm_id]
+
+            # Nobody acknowledges: the lead is told after escalate_after.
+            a1 = await alarm(gw)
+            await wait_for(lambda: len(told("/p", a1)) == 1, timeout=5, what="principal")
+            t0 = time.monotonic()
+            await wait_for(lambda: len(told("/l", a1)) == 1, timeout=5, what="lead")
+            assert time.monotonic() - t0 >= 0.5
+            doc = told("/p", a1)[0]
+            assert doc["type"] == "campusguard.alarm" and doc["campus"] == CAMPUS
+            assert doc["snapshot"].startswith(f"{PUBLIC}/verify/{a1}")
+
+            # The guard acknowledges at the console: nobody else is called.
+            a2 = await alarm(gw)
+            await wait_for(lambda: len(told("/p", a2)) == 1, timeout=5, what="principal")
+            await gw.store.set_alarm_state(a2, "guard_acknowledged", note="guard zhang")
+
+            # The principal clicks the ack link: nobody else is called.
+            a3 = await alarm(gw)
+            await wait_for(lambda: len(told("/p", a3)) == 1, timeout=5, what="principal")
+            link = urlsplit(told("/p", a3)[0]["ack"])
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.http_port}") as http:
+                r = await http.get(link.path)
+                assert r.status_code == 200 and "acknowledged by principal" in r.text
+                bad = await http.get(link.path[:-3] + "xyz")
+                assert bad.status_code == 404
+            await asyncio.sleep(1.5)
+            assert told("/l", a2) == [] and told("/l", a3) == []
+            assert [j["acked_at"] is not None for j in await jobs(gw, a3)] == [True]
