@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -35,6 +36,15 @@ from contract.models import ID_PATTERN, EventKind, Geo
 from contract.topics import CAMPUS_ID_PATTERN, DEFAULT_SHARE_GROUP
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def check_zone(name: str) -> str:
+    """``name`` if it is an IANA time zone this machine knows; else a ValueError saying so."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r}") from None
+    return name
 
 
 class ConfigError(Exception):
@@ -122,10 +132,7 @@ class CampusConfig(Strict):
 
     @model_validator(mode="after")
     def _zone(self) -> CampusConfig:
-        try:
-            ZoneInfo(self.timezone)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {self.timezone!r}") from None
+        check_zone(self.timezone)
         return self
 
 
@@ -390,7 +397,9 @@ class CameraVideoConfig(Strict):
     move_shift: float = Field(0.05, gt=0, lt=1, description="shift above (of width): moved")
     frozen_diff: float = Field(0.05, ge=0, le=50, description="mean abs frame difference")
     zones: list[VideoZoneConfig] = []
-    timezone: str = Field("Asia/Shanghai", description="IANA zone of the zones' hours")
+    timezone: Annotated[str, AfterValidator(check_zone)] = Field(
+        "Asia/Shanghai", description="IANA zone of the zones' hours"
+    )
 
 
 class CameraConfig(Strict):
@@ -1068,11 +1077,7 @@ class GatewayTelemetryConfig(Strict):
     @field_validator("report_timezone")
     @classmethod
     def _zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}") from None
-        return value
+        return check_zone(value)
 
 
 DrillFrequency = Annotated[str, Field(pattern=r"^(monthly|quarterly|[1-9][0-9]{0,3}d)$")]
@@ -1277,10 +1282,7 @@ class Gb28181Config(Strict):
     def _checks(self) -> Gb28181Config:
         if (self.password is None) == (self.password_file is None):
             raise ValueError("give exactly one of 'password' or 'password_file'")
-        try:
-            ZoneInfo(self.timezone)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {self.timezone!r}") from None
+        check_zone(self.timezone)
         if any(not 1 <= p <= 4 for p in self.priority.values()):
             raise ValueError("priority values are 1 (highest) .. 4")
         return self

@@ -26,6 +26,7 @@ from pathlib import Path
 from contract import evidence as wire
 from contract import topics
 from contract.config import EdgeConfig
+from contract.files import write_durably
 from contract.models import Event, new_id, utcnow
 from drivers.onvif import CameraError
 from edge.cameras import CameraWatcher
@@ -34,22 +35,6 @@ from edge.outbox import EvidenceRecord, Outbox
 log = logging.getLogger(__name__)
 
 SWEEP_EVERY_S = 3600.0
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    """Write, fsync, rename: a picture on disk is whole or absent."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".part")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class EvidenceCollector:
@@ -146,7 +131,7 @@ class EvidenceCollector:
             )
             day = taken.astimezone(UTC).strftime("%Y-%m-%d")
             file = self.directory / day / f"{event.id}-{cam}-{shot}.jpg"
-            await asyncio.to_thread(_write_file, file, image)
+            await asyncio.to_thread(write_durably, file, image)
             path: Path | None = file
             self.taken += 1
             lag = (taken - event.ts).total_seconds()

@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import hmac
 import logging
-import os
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +24,7 @@ from urllib.parse import urlencode
 
 from contract.config import GatewayEvidenceConfig
 from contract.evidence import EvidenceHeader
+from contract.files import write_durably
 from gateway.store.models import EvidenceRow
 from gateway.store.repo import Store, now
 
@@ -81,27 +81,12 @@ class EvidenceVault:
             raise ValueError(f"evidence path {relative!r} leaves the evidence directory")
         return p
 
-    def _write(self, relative: str, image: bytes) -> None:
-        path = self.path(relative)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".part")
-        with open(tmp, "wb") as fh:
-            fh.write(image)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
     async def store(self, store: Store, header: EvidenceHeader, image: bytes) -> bool:
         """File first, then the row; True if new. Raises only if the disk or database fails
         (then the message is not acknowledged and comes again)."""
         relative = self._relative(header) if image else None
         if relative is not None:
-            await asyncio.to_thread(self._write, relative, image)
+            await asyncio.to_thread(write_durably, self.path(relative), image)
         return await store.add_evidence(
             EvidenceRow(
                 id=header.id,

@@ -229,3 +229,12 @@ def test_config_check_knows_the_profiles(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert "devices[0].inputs[0] (b)" in bad.stderr and "use counter mode" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_an_unknown_video_time_zone_is_a_config_error() -> None:
+    data = {
+        "campus": {"id": "c1", "name": "x"},
+        "cameras": [{"id": "cam", "host": "10.0.0.1", "video": {"timezone": "Mars/Olympus"}}],
+    }
+    with pytest.raises(ConfigError, match=r"cameras\[0\]\.video\.timezone.*unknown time zone"):
+        parse_config(data, EdgeConfig, "edge.yaml")
