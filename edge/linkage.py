@@ -108,6 +108,10 @@ class Linkage:
         """Monotonic time each output was last switched on (the benchmark reads it)."""
         # alarm id -> (set when the police have it, monotonic deadline of the hold)
         self._holds: dict[str, tuple[asyncio.Event, float]] = {}
+        # alarm id -> the latest report of that alarm still to be recorded: reports of one
+        # alarm are recorded in the order they were made (all wake at the same hold deadline,
+        # and "siren off" must never appear before "siren on" in the timeline).
+        self._last_report: dict[str, asyncio.Future[None]] = {}
 
     # --- rules -------------------------------------------------------------------------------
 
@@ -207,11 +211,21 @@ class Linkage:
             "alarm_id": event.id,
             **(extra or {}),
         }
-        await self._wait_police(event, REPORT_HOLD_S)
+        before = self._last_report.get(event.id)
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._last_report[event.id] = mine
         try:
-            await self._sink.emit("linkage", device=device, zone=event.zone, detail=detail)
-        except Exception:  # the report must not take the edge down
-            log.exception("linkage %s: could not record the %s report", rule.id, action)
+            await self._wait_police(event, REPORT_HOLD_S)
+            if before is not None:
+                await asyncio.shield(before)
+            try:
+                await self._sink.emit("linkage", device=device, zone=event.zone, detail=detail)
+            except Exception:  # the report must not take the edge down
+                log.exception("linkage %s: could not record the %s report", rule.id, action)
+        finally:
+            mine.set_result(None)
+            if self._last_report.get(event.id) is mine:
+                del self._last_report[event.id]
 
     async def _wait_police(self, event: Event, at_most: float) -> None:
         """Until the police have the alarm, or ``at_most`` seconds after it was raised."""

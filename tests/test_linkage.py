@@ -136,6 +136,50 @@ async def test_press_switches_the_siren_on_then_off(mosquitto: Mosquitto, tmp_pa
         assert not sim.output(SIREN)
 
 
+async def test_reports_of_one_alarm_are_recorded_in_the_order_they_were_made(
+    tmp_path: Path,
+) -> None:
+    """Every report of an alarm wakes at the same hold deadline; the timeline must still read
+    "siren on" before "siren off" (a CI run once saw them swapped)."""
+    from datetime import UTC, datetime
+
+    from contract.config import LinkageRuleConfig
+    from contract.models import new_id
+    from edge.linkage import Linkage
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.actions: list[str] = []
+
+        async def emit(self, kind: str, **kw: Any) -> None:
+            self.actions.append(str(kw["detail"]["action"]))
+
+    cfg = linkage_cfg(tmp_path, 1883, 502, [])
+    sink = Recorder()
+    linkage = Linkage(cfg, sink, {}, {}, {})  # type: ignore[arg-type]
+    event = Event(
+        id=new_id(),
+        campus=CAMPUS,
+        edge="edge-1",
+        seq=1,
+        ts=datetime.now(UTC),
+        kind="panic",
+        severity="critical",
+        device="di-1",
+        zone="gate",
+    )
+    linkage._holds[event.id] = (asyncio.Event(), time.monotonic() + 0.05)
+    rule = LinkageRuleConfig(id="r")
+    names = [f"step-{i:02d}" for i in range(40)]
+    tasks = []
+    for name in names:
+        tasks.append(asyncio.create_task(linkage._report(rule, name, "t", "di-1", event, None)))
+        await asyncio.sleep(0)
+    await asyncio.gather(*tasks)
+    assert sink.actions == names
+    assert not linkage._last_report
+
+
 async def test_hanging_ptz_does_not_delay_the_alarm_and_is_reported(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
