@@ -7,6 +7,7 @@ COPY drivers drivers
 COPY edge edge
 COPY gateway gateway
 COPY simulators simulators
+COPY webkit webkit
 RUN pip install --no-cache-dir ".[postgres]"
 RUN mkdir -p /var/lib/campusguard && chown nobody /var/lib/campusguard
 USER nobody

@@ -40,7 +40,9 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -60,6 +62,7 @@ from tests.helpers import Mosquitto, Postgres, env_with_pythonpath, free_port
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_CPU_PCT = 50.0
 TARGET_P99_MS = 100.0
+STATS_TOKEN = secrets.token_urlsafe(24)
 
 
 def campus_id(c: int) -> str:
@@ -175,6 +178,10 @@ def gateway_yaml(
             "http": {"host": "127.0.0.1", "port": http},
         },
         "mqtt": {"host": "127.0.0.1", "port": broker, "keepalive": 15},
+        # /api/stats needs a token with health.read.
+        "api_tokens": [
+            {"user": "bench", "role": "technician", "campuses": ["*"], "token": STATS_TOKEN}
+        ],
         "database": {"url": db_url},
         "campuses": [
             {"id": campus_id(c), "name": f"School {c}", "account": account(c)}
@@ -231,7 +238,12 @@ class Proc:
 
 async def stats(port: int) -> dict[str, Any]:
     async with httpx.AsyncClient(timeout=5) as h:
-        return dict((await h.get(f"http://127.0.0.1:{port}/api/stats")).json())
+        r = await h.get(
+            f"http://127.0.0.1:{port}/api/stats",
+            headers={"Authorization": f"Bearer {STATS_TOKEN}"},
+        )
+        r.raise_for_status()
+        return dict(r.json())
 
 
 def accepted_totals(all_stats: list[dict[str, Any]]) -> dict[str, int]:
@@ -307,8 +319,18 @@ async def phase(args: argparse.Namespace, gateways: int, tmp: Path) -> dict[str,
                     args.campuses,
                 )
                 log = work / f"{gw}.log"
+                cmd_gw = [sys.executable, "-m", "campusguard.cli", "gateway", "--config", str(cfg)]
+                cmd = cmd_gw
+                if args.py_spy:
+                    # Profile the gateway: py-spy starts it (it cannot attach here) and samples
+                    # it until told to stop (SIGINT at the end of the window).
+                    spy = Path(sys.executable).parent / "py-spy"
+                    out_file = Path(args.py_spy) / f"phase{gateways}-{gw}.txt"
+                    out_file.parent.mkdir(parents=True, exist_ok=True)
+                    cmd = [str(spy), "record", "-r", "100", "-f", "raw", "-o", str(out_file)]
+                    cmd += ["--", *cmd_gw]
                 procs[gw] = subprocess.Popen(  # noqa: ASYNC220
-                    [sys.executable, "-m", "campusguard.cli", "gateway", "--config", str(cfg)],
+                    cmd,
                     cwd=ROOT,
                     env=env_with_pythonpath(),
                     stdout=log.open("wb"),
@@ -362,7 +384,8 @@ async def phase(args: argparse.Namespace, gateways: int, tmp: Path) -> dict[str,
                 assert p.stdout.readline().strip() == "ready"
             await asyncio.sleep(2)  # the retained edge states are in
             assert broker.proc is not None
-            watched = [Proc(gw, p.pid) for gw, p in procs.items()]
+            # Under py-spy the gateway is its child (and the figure includes py-spy's sampling).
+            watched = [Proc(gw, p.pid, tree=bool(args.py_spy)) for gw, p in procs.items()]
             watched += [Proc(f"publisher-{i}", p.pid) for i, p in enumerate(pubs)]
             watched += [Proc("mosquitto", broker.proc.pid)]
             assert pg.proc is not None
@@ -420,12 +443,15 @@ async def phase(args: argparse.Namespace, gateways: int, tmp: Path) -> dict[str,
             }
             latencies = []
             missing = 0
+            bursts: dict[int, list[float]] = {}
             for cam, zone, t in alarms:
                 got = by_key.get((account(int(cam.split("-")[1])), zone))
                 if got is None:
                     missing += 1
                 else:
                     latencies.append(got - t)
+                    # Which burst: the publishers stamp each alarm; bursts are burst_every apart.
+                    bursts.setdefault(int((t - t0) // args.burst_every), []).append(got - t)
             per_gw = {
                 gw: {
                     "accepted": {
@@ -437,7 +463,7 @@ async def phase(args: argparse.Namespace, gateways: int, tmp: Path) -> dict[str,
                 }
                 for gw, a, b in zip(procs, after, before, strict=True)
             }
-            if missing and args.keep_logs:
+            if args.keep_logs:
                 keep = Path(args.keep_logs)
                 keep.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
                 for gw in procs:
@@ -464,6 +490,9 @@ async def phase(args: argparse.Namespace, gateways: int, tmp: Path) -> dict[str,
                 "broker_ceiling_msgs_per_s": round(ceiling, 1),
                 "load_share_of_ceiling": round(offered_msgs / window / ceiling, 3),
                 "alarm_latency_ms": lat,
+                "alarm_max_ms_by_burst": [
+                    round(1000 * max(v), 1) for _, v in sorted(bursts.items())
+                ],
                 "alarms_missing": missing,
                 "police_duplicates": police.counters.duplicates,
                 "kept_up": kept_up,
@@ -474,6 +503,12 @@ async def phase(args: argparse.Namespace, gateways: int, tmp: Path) -> dict[str,
             }
             return out
     finally:
+        if args.py_spy:
+            for p in procs.values():
+                p.send_signal(signal.SIGINT)  # py-spy writes its profile (and stops the gateway)
+            for p in procs.values():
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(30)
         for p in procs.values():
             if p.poll() is None:
                 p.terminate()
@@ -522,6 +557,8 @@ def print_phase(r: dict[str, Any]) -> None:
             f"p99 {lat['p99']:.1f} ms, max {lat['max']:.1f} ms; missing "
             f"{r['alarms_missing']}, receiver duplicates {r['police_duplicates']}"
         )
+    if r.get("alarm_max_ms_by_burst"):
+        print(f"  slowest alarm of each burst (ms): {r['alarm_max_ms_by_burst']}")
     for name, pct in r["cpu_pct_one_core"].items():
         print(
             f"  {name:<14} CPU {pct:6.1f} % of one core   RSS max {r['rss_mib_max'][name]:7.1f} MiB"
@@ -541,7 +578,13 @@ async def main() -> int:
     ap.add_argument("--phases", default="1,2", help="gateway counts to run, in order")
     ap.add_argument("--ceiling-messages", type=int, default=50_000)
     ap.add_argument("--json")
-    ap.add_argument("--keep-logs", help="copy the gateways' logs here when an alarm is missing")
+    ap.add_argument("--keep-logs", help="copy the gateways' logs here")
+    ap.add_argument(
+        "--py-spy",
+        metavar="DIR",
+        help="run each gateway under py-spy (`pip install py-spy`): raw profiles of the "
+        "window into DIR; the gateways' CPU figures then include py-spy's sampling",
+    )
     args = ap.parse_args()
     info = machine_info()
     results = []

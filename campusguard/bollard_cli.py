@@ -1,7 +1,8 @@
 """`campusguard bollard send`: a centre-side tool to operate a bollard and follow the outcome.
 
 It speaks the same contract as the gateway (a command on ``down/command``, outcomes as
-``bollard_command`` events on ``up/event``). Until the consoles with accounts exist, whoever can
+``bollard_command`` events on ``up/event``), signed the way the gateway signs when given the
+command-signing key (``sign``). Until the consoles with accounts exist, whoever can
 publish on the broker can use it: the broker's ACL is the gate (see the security work).
 """
 
@@ -35,8 +36,12 @@ async def send_command(
     confirm: Callable[[str], bool],
     wait: float,
     say: Callable[[str], Any],
+    sign: Callable[[bytes], bytes] | None = None,
 ) -> int:
-    """Returns the exit code: 0 done, 1 refused/failed/no answer."""
+    """Returns the exit code: 0 done, 1 refused/failed/no answer.
+
+    ``sign`` adds the signature to a command's JSON (both the request and the confirm).
+    """
     now = utcnow()
     msg = BollardCommandMessage(
         id=new_id(),
@@ -51,10 +56,14 @@ async def send_command(
         expires_at=now + timedelta(seconds=min(wait, 60)),
     )
     try:
-        return await _follow(host, port, msg, action, confirm, wait, say)
+        return await _follow(host, port, msg, action, confirm, wait, say, sign or _unsigned)
     except aiomqtt.MqttError as exc:
         say(f"cannot reach the broker at {host}:{port}: {exc}")
         return 1
+
+
+def _unsigned(payload: bytes) -> bytes:
+    return payload
 
 
 async def _follow(
@@ -65,11 +74,14 @@ async def _follow(
     confirm: Callable[[str], bool],
     wait: float,
     say: Callable[[str], Any],
+    sign: Callable[[bytes], bytes],
 ) -> int:
     campus, device, bollard = msg.campus, msg.device, msg.bollard
     async with aiomqtt.Client(host, port) as client:
         await client.subscribe(topics.event_topic(campus), qos=1)
-        await client.publish(topics.command_topic(campus), msg.model_dump_json(), qos=1)
+        await client.publish(
+            topics.command_topic(campus), sign(msg.model_dump_json().encode()), qos=1
+        )
         say(f"sent {action} for {device}/{bollard} (command {msg.id})")
         try:
             async with asyncio.timeout(wait):
@@ -96,7 +108,9 @@ async def _follow(
                             }
                         )
                         await client.publish(
-                            topics.command_topic(campus), confirm_msg.model_dump_json(), qos=1
+                            topics.command_topic(campus),
+                            sign(confirm_msg.model_dump_json().encode()),
+                            qos=1,
                         )
                     elif outcome == "done":
                         position, took = ev.detail.get("position"), ev.detail.get("elapsed_s")

@@ -366,13 +366,50 @@ def bollard_send(
         False
     ),
     wait: Annotated[float, typer.Option(help="seconds to wait for the outcome")] = 30.0,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            envvar="CG_GATEWAY_CONFIG",
+            help="the gateway config: with command_signing, commands are signed with its key",
+        ),
+    ] = None,
+    signing_key: Annotated[
+        Path | None,
+        typer.Option(help="command-signing.key to sign with (instead of the config's)"),
+    ] = None,
 ) -> None:
-    """Send a bollard command and follow it until the bollard confirms (or refuses)."""
+    """Send a bollard command and follow it until the bollard confirms (or refuses).
+
+    Signed like the gateway signs (edges with command_signing refuse unsigned commands) when
+    --config names a gateway config with command_signing, or --signing-key is given.
+    """
     if action not in ("raise", "lower", "stop", "emergency_raise"):
         typer.echo("campusguard: action must be raise, lower, stop or emergency_raise", err=True)
         raise typer.Exit(2)
     host, _, port = broker.rpartition(":")
+    import functools
+
     from campusguard.bollard_cli import send_command
+    from contract import signing
+
+    if signing_key is None and config is not None:
+        gw: GatewayConfig = _load(config, GatewayConfig)
+        if gw.command_signing is not None:
+            signing_key = gw.command_signing.private_key_file
+    sign: functools.partial[bytes] | None = None
+    if signing_key is not None:
+        try:
+            private_key = signing.load_private_key(signing_key)
+        except (OSError, ValueError, TypeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            typer.echo(
+                f"campusguard: cannot read the command-signing key {signing_key}: {why}; "
+                "nothing sent (edges with command_signing refuse unsigned commands)",
+                err=True,
+            )
+            raise typer.Exit(2) from None
+        sign = functools.partial(signing.sign, private_key, "command")
 
     code = asyncio.run(
         send_command(
@@ -388,6 +425,7 @@ def bollard_send(
             confirm=(lambda text: yes or typer.confirm(text)),
             wait=wait,
             say=typer.echo,
+            sign=sign,
         )
     )
     raise typer.Exit(code)
@@ -643,7 +681,7 @@ def console_hash_password(
     ] = None,
 ) -> None:
     """Print the argon2id hash for a console user's ``password_hash``."""
-    from edge.console.auth import hash_password
+    from webkit.passwords import hash_password
 
     if password is None:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
@@ -772,6 +810,8 @@ def config_schema(
 
 camera_app = typer.Typer(help="Cameras: check a camera's picture, baseline and zones.")
 app.add_typer(camera_app, name="camera")
+app.add_typer(__import__("campusguard.users_cli").users_cli.users_app, name="users")
+app.command("doctor")(__import__("campusguard.doctor").doctor.doctor)
 
 
 @camera_app.command("calibrate")

@@ -73,6 +73,29 @@ DEMO_USERS = (
 takes hashes from `campusguard console hash-password`, never a password in a file."""
 
 
+CENTRAL_USERS = (
+    ("dispatch", "接警员 王警官", "dispatcher", "dispatch-demo"),
+    ("tech", "运维 赵工", "technician", "tech-demo"),
+    ("inspector", "督导 陈老师", "inspector", "inspector-demo"),
+    ("admin", "管理员", "admin", "admin-demo"),
+)
+"""The central consoles' demo accounts (in the gateway's database), printed at start."""
+DEMO_TOKEN = "cgt_demo-admin-token-not-for-production"  # noqa: S105 (a demo, printed)
+
+
+async def _central_accounts(store: Any) -> None:
+    """Demo users and an admin API token in the gateway's database (once: kept on reruns)."""
+    from contract.models import new_id
+    from gateway.store.accounts import AccountStore
+    from webkit.passwords import hash_password
+
+    accounts = AccountStore(store.engine)
+    for user, name, role, pw in CENTRAL_USERS:
+        await accounts.create_user(user, role, ["*"], hash_password(pw), name)
+    if not any(t.label == "demo" for t in await accounts.tokens("admin")):
+        await accounts.add_token(new_id(), "admin", DEMO_TOKEN, "demo", None)
+
+
 def _console_users() -> list[dict[str, str]]:
     from argon2 import PasswordHasher
 
@@ -285,6 +308,7 @@ async def run_demo(
             edge = await stack.enter_async_context(
                 run_edge(_edge_cfg(data_dir, broker, sim.port, plc.port, cam.port, 0))
             )
+        await _central_accounts(gw.store)
         events = event_listener_queue(edge)
         await asyncio.wait_for(edge.uplink.connected.wait(), 10)
         await asyncio.wait_for(gw.mqtt.connected.wait(), 10)
@@ -304,6 +328,8 @@ async def run_demo(
         _say(f"  gateway API                   {api}/docs")
         accounts = ", ".join(f"{u} / {pw} ({r})" for u, _, r, pw in DEMO_USERS)
         _say(f"  guard console                 http://127.0.0.1:{edge.console_port}/  ({accounts})")
+        central = ", ".join(f"{u} / {pw} ({r})" for u, _, r, pw in CENTRAL_USERS)
+        _say(f"  central consoles              {api}/  ({central})")
         _say("")
         row = await _camera_online(gw.store)  # so that the alarm below gets its picture
         skew = row.points.get("clock_skew_s")
@@ -329,6 +355,10 @@ async def run_demo(
         while status.state != "police_received":
             status = await asyncio.wait_for(edge.alarm_status.get(), 10)
         _say(f"  the campus was told: alarm {event.id} {status.state} via {status.path}")
+        _say(
+            "  the button was released at once, yet the alarm stays raised (latched) until a "
+            "guard closes it at the guard console: only then does the restore go to the police"
+        )
         _say("Someone covers the guard-room camera (an ONVIF tamper event) ...")
         cam.inject("tamper", True)
         tamper = await _next_event(events, "camera_tamper")
@@ -351,9 +381,10 @@ async def run_demo(
         )
         if stream is not None:
             _say(f"  ffplay {stream.url}    watch the camera's test stream (or VLC)")
-        _say(f"  curl {api}/api/alarms         the alarms and their state")
-        _say(f"  curl {api}/api/alarms/{event.id}   one alarm's timeline")
-        _say(f"  curl {api}/api/devices        device health")
+        bearer = f"curl -H 'Authorization: Bearer {DEMO_TOKEN}'"
+        _say(f"  {bearer} {api}/api/alarms         the alarms and their state")
+        _say(f"  {bearer} {api}/api/alarms/{event.id}   one alarm's timeline")
+        _say(f"  {bearer} {api}/api/devices        device health")
         _say(f"  tail -f {police_log}   what the police platform got")
         _say("Stop with Ctrl-C." if duration is None else f"Stopping in {duration:.0f} s.")
         await _report_forever(police, duration)

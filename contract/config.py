@@ -171,6 +171,12 @@ class InputConfig(Strict):
     real_during_drill: bool = Field(
         False, description="alarms from this input stay real even while a drill runs"
     )
+    latch: bool = Field(
+        True,
+        description="panic/duress/holdup with the guard console on: the alarm stays raised "
+        "until a guard resets it at the console (closing it); releasing or resetting the "
+        "button does not end it",
+    )
 
     @model_validator(mode="after")
     def _eol_needs_mode(self) -> InputConfig:
@@ -297,6 +303,9 @@ class CameraInputConfig(Strict):
         None, ge=1, le=999, description="zone number the police platform shows (Contact ID)"
     )
     real_during_drill: bool = False
+    latch: bool = Field(
+        True, description="as for Modbus inputs: latched until a guard resets it at the console"
+    )
 
 
 class VideoZoneConfig(Strict):
@@ -402,6 +411,12 @@ class CameraVideoConfig(Strict):
     )
 
 
+class CameraClipsConfig(Strict):
+    """One camera's part in the alarm clips (the settings are the edge's ``clips:``)."""
+
+    enabled: bool = Field(True, description="keep a rolling buffer of this camera's stream")
+
+
 class CameraConfig(Strict):
     """An ONVIF camera: its events become ours, and its inputs work like a DI module's."""
 
@@ -435,6 +450,16 @@ class CameraConfig(Strict):
     )
     video: CameraVideoConfig = Field(
         default_factory=CameraVideoConfig, description="the edge's own stream health and tamper"
+    )
+    clips: CameraClipsConfig | None = Field(
+        None,
+        description="pre- and post-alarm video of this camera; none = as the edge's "
+        "clips.enabled says",
+    )
+    key_point: bool = Field(
+        False,
+        description="a key point (gate, guard room): its video is kept clips.retention."
+        "key_point_days instead of ordinary_days",
     )
 
     @model_validator(mode="after")
@@ -473,6 +498,19 @@ _EVIDENCE_KINDS: list[EventKind] = [
 ]
 
 
+_CLIP_KINDS: list[EventKind] = [
+    "panic",
+    "duress",
+    "holdup",
+    "fire",
+    "intrusion",
+    "tamper",
+    "bollard_impact",
+    "camera_tamper",
+    "camera_intrusion",
+]
+
+
 class EdgeEvidenceConfig(Strict):
     """Snapshots taken with every alarm by the cameras that cover its zone."""
 
@@ -495,6 +533,88 @@ class EdgeEvidenceConfig(Strict):
         le=3650,
         description="how long the edge keeps its copy (pictures of minors: only as needed)",
     )
+
+
+RECOMMENDED_PRE_S = 30.0
+"""Issue 13 and GB practice: a clip starts at least 30 s before the alarm. ``clips.pre_s`` may be
+set lower (tests, small disks); the edge then logs a warning at start."""
+
+
+class ClipsRetentionConfig(Strict):
+    """How long the edge keeps alarm video, and what it does when its disk fills up."""
+
+    ordinary_days: float = Field(
+        30.0, gt=0, le=3650, description="clips of ordinary areas (regulatory minimum: 30 days)"
+    )
+    key_point_days: float = Field(
+        90.0,
+        gt=0,
+        le=3650,
+        description="clips of key points (gate, guard room: cameras with key_point: true or "
+        "in key_zones; regulatory minimum: 90 days)",
+    )
+    key_zones: list[Ident] = Field(
+        default_factory=list, description="zones whose cameras are key points"
+    )
+    min_free_mb: int = Field(
+        1024,
+        ge=0,
+        le=10_000_000,
+        description="free space on the edge's data disk below which the oldest ordinary video "
+        "is deleted (then key-point video) and a storage_low technician alarm is raised",
+    )
+    check_every_s: float = Field(30.0, ge=0.2, le=3600, description="free-space check period")
+    sweep_every_s: float = Field(3600.0, ge=1, le=86400, description="retention sweep period")
+
+
+class ClipsConfig(Strict):
+    """Pre- and post-alarm video: a rolling buffer of segments per camera (ffmpeg, no
+    re-encoding) and, for every alarm, a clip from ``pre_s`` before to ``post_s`` after from
+    each camera covering the alarm's zone."""
+
+    enabled: bool = Field(
+        False, description="buffer every camera's stream (a camera's clips.enabled overrides)"
+    )
+    pre_s: float = Field(
+        30.0,
+        ge=1,
+        le=600,
+        description="seconds of video before the alarm (recommended and regulatory: >= 30; "
+        "lower values are allowed for tests and warned about)",
+    )
+    post_s: float = Field(30.0, ge=1, le=600, description="seconds of video after the alarm")
+    segment_s: int = Field(
+        2, ge=1, le=10, description="segment length (cut at the next key frame after it)"
+    )
+    margin_s: float = Field(
+        10.0, ge=0, le=600, description="buffer kept beyond pre_s (the segment being written)"
+    )
+    directory: Path | None = Field(None, description="default: <edge.data_dir>/clips")
+    max_buffer_mb: int = Field(
+        512, ge=1, le=100_000, description="per camera: a buffer bigger than this is trimmed"
+    )
+    max_clip_mb: int = Field(200, ge=1, le=2000, description="a bigger clip is refused")
+    kinds: list[EventKind] = Field(
+        default_factory=lambda: list(_CLIP_KINDS),
+        description="event kinds that get clips (never their restores)",
+    )
+    ffmpeg: str = Field("ffmpeg", description="the ffmpeg program (PATH is searched)")
+    rtsp_transport: Literal["tcp", "udp"] = "tcp"
+    ready_grace_s: float = Field(
+        4.0,
+        ge=0,
+        le=120,
+        description="after alarm + post_s, how long to wait for the last segment before the "
+        "clip is cut with what there is (the gap recorded)",
+    )
+    restart_max_s: float = Field(
+        30.0, ge=1, le=600, description="longest backoff between restarts of a camera's segmenter"
+    )
+    retention: ClipsRetentionConfig = ClipsRetentionConfig()
+
+    def buffer_s(self) -> float:
+        """Seconds of segments each camera keeps."""
+        return self.pre_s + self.margin_s + self.segment_s
 
 
 class NotifyListenerConfig(Strict):
@@ -729,6 +849,9 @@ class EdgeConfig(Strict):
     bollards: list[BollardControllerConfig] = []
     cameras: list[CameraConfig] = []
     evidence: EdgeEvidenceConfig = EdgeEvidenceConfig()
+    clips: ClipsConfig = Field(
+        default_factory=ClipsConfig, description="pre- and post-alarm video, retention, disk full"
+    )
     telemetry: EdgeTelemetryConfig = EdgeTelemetryConfig()
     test_signal: EdgeTestSignalConfig = EdgeTestSignalConfig()
     drills: EdgeDrillsConfig = EdgeDrillsConfig()
@@ -782,6 +905,7 @@ class EdgeConfig(Strict):
         refs = [(d.id, [d.zone, *(i.zone for i in d.inputs)]) for d in self.devices]
         refs += [(c.id, [c.zone, *(b.zone for b in c.bollards)]) for c in self.bollards]
         refs += [(c.id, [c.zone, *(i.zone for i in c.inputs), *c.covers]) for c in self.cameras]
+        refs += [("clips.retention", list(self.clips.retention.key_zones))]
         for dev_id, zone_refs in refs:
             for ref in zone_refs:
                 if ref is not None and ref not in zones:
@@ -852,6 +976,13 @@ class Dc09Config(Strict):
     )
     ack_timeout: float = Field(2.0, gt=0, le=60)
     attempts: int = Field(3, ge=1, le=20, description="tries per path before failing over")
+    connections: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="connections per path: alarms of different campuses go out in parallel "
+        "over them (one campus' alarms stay in order); 1 = one frame at a time per path",
+    )
     supervision_interval: float = Field(
         60.0, ge=0, le=86400, description="NULL link test when idle; 0 = off"
     )
@@ -881,6 +1012,14 @@ class Dc09Config(Strict):
         return None
 
 
+class CampusContact(Strict):
+    """Someone the police dispatcher can call about a campus (shown on the dispatch console)."""
+
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    role: Annotated[str, Field(max_length=64, description="e.g. principal, security chief")] = ""
+    phone: Annotated[str, Field(pattern=r"^\+?[0-9][0-9 ()-]{2,31}$")]
+
+
 class CampusAccount(Strict):
     """A campus as the centre knows it: its alarm account and where it is."""
 
@@ -894,11 +1033,21 @@ class CampusAccount(Strict):
     type: Literal["school", "kindergarten", "other"] = Field(
         "school", description="sets the required drill frequency (drills.frequency)"
     )
+    contacts: list[CampusContact] = Field(
+        default_factory=list,
+        max_length=20,
+        description="who the police dispatcher calls about this campus (dispatch console)",
+    )
 
 
 class HttpConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535, description="0 picks a free port")
+    metrics_public: bool = Field(
+        False,
+        description="serve GET /metrics without a token (only on a network that only "
+        "Prometheus reaches); default: a bearer token with health.read is needed",
+    )
 
 
 class GatewayNode(Strict):
@@ -910,13 +1059,17 @@ class GatewayNode(Strict):
     )
 
 
+Role = Literal["guard", "supervisor", "technician", "dispatcher", "inspector", "admin"]
+ROLES: tuple[Role, ...] = ("guard", "supervisor", "technician", "dispatcher", "inspector", "admin")
+
+
 class ApiToken(Strict):
     """A bearer token for the gateway API, bound to a user, a role and the campuses it may act
     on. (Accounts with passwords and sessions come with the consoles; these are for machine
     clients and for operating bollards until then.)"""
 
     user: Annotated[str, Field(min_length=1, max_length=64)]
-    role: Literal["guard", "supervisor", "technician", "dispatcher", "inspector", "admin"]
+    role: Role
     campuses: list[str] = Field(
         min_length=1, description="campus ids this token may act on; ['*'] = all"
     )
@@ -942,6 +1095,22 @@ class ApiToken(Strict):
         return "*" in self.campuses or campus in self.campuses
 
 
+class GatewayAccountsConfig(Strict):
+    """Accounts of the central consoles and the API (the users themselves live in the
+    gateway's database: `campusguard users add`, or an admin in the console)."""
+
+    session_idle_minutes: float = Field(
+        480, gt=0, le=7 * 24 * 60, description="a console session unused this long ends"
+    )
+    session_hours: float = Field(
+        24, gt=0, le=24 * 30, description="a console session ends this long after login"
+    )
+    secure_cookie: bool = Field(
+        False, description="send the session cookie over HTTPS only (set when behind TLS)"
+    )
+    min_password_length: int = Field(10, ge=8, le=128)
+
+
 EvidenceRole = Literal["guard", "supervisor", "technician", "dispatcher", "admin"]
 _EVIDENCE_ROLES: list[EvidenceRole] = ["guard", "supervisor", "dispatcher", "admin"]
 
@@ -953,6 +1122,20 @@ class GatewayEvidenceConfig(Strict):
         30.0, gt=0, le=3650, description="pictures are deleted this long after they were taken"
     )
     max_bytes: int = Field(4 * 1024 * 1024, ge=1024, le=16 * 1024 * 1024)
+    clip_retention_days: float = Field(
+        30.0, gt=0, le=3650, description="alarm video clips of ordinary areas (>= 30 days)"
+    )
+    key_point_retention_days: float = Field(
+        90.0, gt=0, le=3650, description="alarm video clips of key points (gate, guard room)"
+    )
+    max_clip_mb: int = Field(500, ge=1, le=4000, description="a bigger clip is refused")
+    records_days: float = Field(
+        365.0,
+        ge=30,
+        le=36500,
+        description="alarm and fault records (alarms, their steps, events) are deleted this "
+        "long after the alarm, never while an alarm is open (regulatory minimum: 30 days)",
+    )
     roles: list[EvidenceRole] = Field(
         default_factory=lambda: list(_EVIDENCE_ROLES),
         description="API roles that may see pictures (pictures of minors: only those who need to)",
@@ -1423,6 +1606,7 @@ class GatewayConfig(Strict):
     api_tokens: list[ApiToken] = Field(
         default_factory=list, description="bearer tokens; none = commands through the API are off"
     )
+    accounts: GatewayAccountsConfig = GatewayAccountsConfig()
     mqtt: MqttConfig = MqttConfig()
     database: DatabaseConfig = DatabaseConfig()
     campuses: list[CampusAccount] = Field(min_length=1)
@@ -1550,7 +1734,12 @@ def parse_config(data: Any, model: type[M], source: str | Path) -> M:
     """Validate already-loaded data; raise ConfigError with one clear message."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the file must be a YAML mapping of keys")
-    data = _expand_env(data, (), Path(source))
+    try:
+        data = _expand_env(data, (), Path(source))
+    except RecursionError:
+        raise ConfigError(
+            f"{source}: nested too deeply, or a YAML alias (*name) inside its own anchor"
+        ) from None
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -1568,10 +1757,16 @@ def load_config(path: str | Path, model: type[M]) -> M:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the file: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (a bad byte at offset {exc.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{path}:{where}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
+    except ValueError as exc:  # PyYAML builds dates itself: 2026-02-30 is a ValueError
+        raise ConfigError(f"{path}: not valid YAML: a date that does not exist ({exc})") from None
     return parse_config(data, model, path)

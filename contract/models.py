@@ -45,6 +45,7 @@ EventKind = Literal[
     "selftest",  # a self-test's progress at the edge (detail: selftest_id, hop)
     "guard_action",  # the guard console acknowledged or closed an alarm (detail: alarm_id, action)
     "linkage",  # a site reaction to an alarm (detail: rule, action, target, ok, error, alarm_id)
+    "storage_low",  # the edge's data disk is (nearly) full: old video deleted (technician)
 ]
 ALARM_KINDS: frozenset[str] = frozenset(
     {
@@ -78,6 +79,15 @@ AlarmState = Literal[
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _in_utc(value: datetime) -> datetime:
+    """An aware time moved to UTC; a ValueError (a clean validation error), not an
+    OverflowError, when it falls outside what a datetime holds (0001-01-01T00:00+05:00)."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("timestamp out of range once moved to UTC") from None
 
 
 def new_id() -> str:
@@ -126,7 +136,7 @@ class Event(_Model):
     def _aware(cls, value: datetime) -> datetime:
         if value.tzinfo is None:
             raise ValueError("timestamp must carry a timezone (UTC)")
-        return value.astimezone(UTC)
+        return _in_utc(value)
 
     @property
     def is_alarm(self) -> bool:
@@ -144,6 +154,12 @@ class EdgeState(_Model):
     version: str = ""
     reason: str = ""
 
+    @field_validator("ts")
+    @classmethod
+    def _storable(cls, value: datetime) -> datetime:
+        _in_utc(value)  # the store keeps it in UTC
+        return value
+
 
 class DeviceStatus(_Model):
     """Retained per device: never a stale value, ``online`` false as soon as it stops answering."""
@@ -157,6 +173,13 @@ class DeviceStatus(_Model):
     latency_ms: float | None = None
     error: Annotated[str | None, Field(max_length=300)] = None
     points: dict[str, DetailValue] = Field(default_factory=dict, max_length=256)
+
+    @field_validator("ts", "last_response")
+    @classmethod
+    def _storable(cls, value: datetime | None) -> datetime | None:
+        if value is not None:
+            _in_utc(value)  # the store keeps it in UTC
+        return value
 
 
 class AlarmStatus(_Model):
@@ -197,7 +220,7 @@ class DrillCommand(_Model):
     def _aware(cls, value: datetime | None) -> datetime | None:
         if value is not None and value.tzinfo is None:
             raise ValueError("timestamp must carry a timezone (UTC)")
-        return None if value is None else value.astimezone(UTC)
+        return None if value is None else _in_utc(value)
 
 
 class SelftestRequest(_Model):
@@ -224,7 +247,7 @@ class SelftestRequest(_Model):
     def _aware(cls, value: datetime) -> datetime:
         if value.tzinfo is None:
             raise ValueError("timestamp must carry a timezone (UTC)")
-        return value.astimezone(UTC)
+        return _in_utc(value)
 
 
 class Receipt(_Model):
@@ -269,4 +292,4 @@ class BollardCommandMessage(_Model):
     def _aware(cls, value: datetime) -> datetime:
         if value.tzinfo is None:
             raise ValueError("timestamp must carry a timezone (UTC)")
-        return value.astimezone(UTC)
+        return _in_utc(value)

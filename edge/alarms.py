@@ -7,7 +7,7 @@ counted it. A supervised (EOL) loop reports wire cut as trouble and a short as t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from contract.config import InputConfig
@@ -67,6 +67,9 @@ class Signal:
     kind: EventKind
     restore: bool = False
     detail: dict[str, DetailValue] = field(default_factory=dict)
+    state: str | None = None
+    """The input's reported state once this signal is out (stored with its event, in the same
+    transaction: a crash between an alarm and its restore still sends the restore later)."""
 
 
 def _eol_signal(kind: EventKind, value: str, restore: bool) -> Signal:
@@ -75,6 +78,14 @@ def _eol_signal(kind: EventKind, value: str, restore: bool) -> Signal:
     if value == "short":
         return Signal("tamper", restore, {"wire": "short"})
     return Signal(kind, restore, {"wire": "alarm"})
+
+
+def _state_after(sig: Signal, eol: bool) -> str:
+    if sig.restore:
+        return "normal"
+    if not eol:
+        return "active"
+    return {"cut": "cut", "short": "short"}.get(str(sig.detail.get("wire")), "alarm")
 
 
 class InputTracker:
@@ -112,7 +123,16 @@ class InputTracker:
         return value if now - self._since >= self.cfg.debounce else None
 
     def update(self, active: bool | None, pulses: int, eol: str | None, now: float) -> list[Signal]:
-        """Feed one successful reading; return the signals it causes (usually none)."""
+        """Feed one successful reading; return the signals it causes (usually none), each with
+        the state it leaves the input in."""
+        return [
+            replace(sig, state=_state_after(sig, self.cfg.mode == "eol"))
+            for sig in self._update(active, pulses, eol, now)
+        ]
+
+    def _update(
+        self, active: bool | None, pulses: int, eol: str | None, now: float
+    ) -> list[Signal]:
         kind: EventKind = self.cfg.kind
         if self.cfg.mode == "eol":
             if eol is None or eol == "unknown":

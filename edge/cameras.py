@@ -96,6 +96,8 @@ class CameraWatcher:
         self.online: bool | None = None
         self.error: str | None = None
         self.last_event: datetime | None = None
+        self.public_stream: str | None = None
+        """The camera's RTSP URL without credentials, for the police dispatch console."""
 
     async def run(self) -> None:
         if self.cfg.video.enabled:  # the edge's own stream health and tamper (edge/video/)
@@ -116,6 +118,7 @@ class CameraWatcher:
             try:
                 await cam.connect()
                 self.camera = cam
+                self.public_stream = await self._public_stream(cam)
                 self._set_online(True, None)
                 backoff.reset()
                 async with self._subscriber(cam) as sub:
@@ -131,6 +134,24 @@ class CameraWatcher:
                 self.subscriber = None
                 with contextlib.suppress(Exception):
                     await cam.close()
+
+    async def _public_stream(self, cam: OnvifCamera) -> str | None:
+        """``video.stream_url`` or the camera's GetStreamUri, with any user and password taken
+        out (it goes to the centre in the device status); None if the camera will not say."""
+        url = self.cfg.video.stream_url
+        if not url:
+            try:
+                token = self.cfg.video.profile or self.cfg.snapshot_profile
+                if token is None:
+                    profiles = await cam.profiles()
+                    if not profiles:
+                        return None
+                    token = profiles[0].token
+                url = await cam.stream_uri(token)
+            except Exception as exc:  # a camera without a media service still works
+                log.info("camera %s gives no stream URL: %s", self.cfg.id, exc)
+                return None
+        return without_credentials(url)
 
     def _subscriber(self, cam: OnvifCamera) -> EventSubscriber:
         """Pull point or push (Notify), as ``events:`` in the camera's config says."""
@@ -216,6 +237,10 @@ class CameraWatcher:
     def status(self) -> DeviceStatus:
         points: dict[str, DetailValue] = {}
         if self.online and self.camera is not None:
+            if self.cfg.zone:
+                points["zone"] = self.cfg.zone  # the cameras of an alarm's zone (dispatch)
+            if self.public_stream:
+                points["stream_url"] = self.public_stream  # no credentials in it
             points["clock_skew_s"] = self.camera.clock_skew_s
             if self.subscriber is not None:
                 h = self.subscriber.health()
@@ -370,3 +395,12 @@ def with_credentials(url: str, username: str, password: str) -> str:
         return url
     netloc = f"{quote(username, safe='')}:{quote(password, safe='')}@{parts.netloc}"
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def without_credentials(url: str) -> str:
+    """The URL with any ``user:password@`` removed (safe to show and to send to the centre)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=host))

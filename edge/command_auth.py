@@ -3,9 +3,11 @@
 With ``command_signing`` configured, a bollard command, drill command or self-test request is
 acted on only if the gateway's Ed25519 signature verifies (:mod:`contract.signing`), it has not
 expired (its ``expires_at``, or ``issued_at`` + ``max_age`` for drills) and its id (with its step
-or action) was not seen before. The seen-set is a small JSON file in the data dir, so a replay
-after a restart is refused too; entries leave it when their command expires (after that it is
-refused as expired anyway). Every refusal is logged with its reason and counted by reason.
+or action) was not seen before. The seen-set is a small JSON file in the data dir, written
+durably (temp file, fsync, rename, fsync folder) in the executor, not on the event loop, so a
+replay after a restart, or after a crash once :meth:`CommandGuard.persisted` returned, is refused
+too; entries leave it when their command expires (after that it is refused as expired anyway).
+Every refusal is logged with its reason and counted by reason.
 
 Without ``command_signing`` the edge behaves as before (the bollard policy still refuses a
 replayed command id); it says once at start that commands are not verified.
@@ -13,15 +15,17 @@ replayed command id); it says once at start that commands are not verified.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import os
+import threading
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from contract import signing
 from contract.config import ConfigError, EdgeSigningConfig
+from contract.files import write_durably
 from contract.models import BollardCommandMessage, DrillCommand, SelftestRequest
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,12 @@ class CommandGuard:
         self._seen_file = data_dir / "command-seen.json"
         self._seen: dict[str, float] = {}
         self._key = None
+        self._write_lock = threading.Lock()
+        self._version = 0
+        """Bumped for every change of the seen-set; each save carries the version it wrote."""
+        self._written = 0
+        """The newest version on disk (guarded by ``_write_lock``)."""
+        self._last_save: asyncio.Future[None] | None = None
         if cfg is None:
             log.warning(
                 "commands from the centre are NOT signature-checked: set command_signing."
@@ -107,9 +117,34 @@ class CommandGuard:
         return True
 
     def _save(self) -> None:
-        tmp = self._seen_file.with_name(self._seen_file.name + ".tmp")
+        """Persist the seen-set durably (temp file, fsync, rename, fsync folder), off the loop.
+
+        The snapshot is taken now, in admission order; the write runs in the loop's executor.
+        Writes may start out of order in the pool, so each carries its version and one older
+        than what is already on disk is skipped: the file only ever moves forward.
+        Without a running loop (a plain call) the write happens before returning.
+        """
+        self._version += 1
+        version, data = self._version, json.dumps(self._seen).encode()
         try:
-            tmp.write_text(json.dumps(self._seen), encoding="utf-8")
-            os.replace(tmp, self._seen_file)
-        except OSError as exc:
-            log.error("cannot persist the command seen-set %s: %s", self._seen_file, exc)
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._write(version, data)
+            return
+        self._last_save = loop.run_in_executor(None, self._write, version, data)
+
+    def _write(self, version: int, data: bytes) -> None:
+        with self._write_lock:
+            if version <= self._written:
+                return  # a newer snapshot is already on disk
+            try:
+                write_durably(self._seen_file, data)
+            except OSError as exc:
+                log.error("cannot persist the command seen-set %s: %s", self._seen_file, exc)
+                return
+            self._written = version
+
+    async def persisted(self) -> None:
+        """Wait until every command admitted so far is on disk (or its write failed, logged)."""
+        if self._last_save is not None:
+            await asyncio.shield(self._last_save)

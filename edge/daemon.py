@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -43,6 +43,7 @@ from drivers.modbus.profile import load_profile
 from drivers.onvif import NotifyListener
 from edge.bollard_poller import BollardPoller
 from edge.cameras import CameraWatcher
+from edge.clips import ClipRecorder, clips_dir
 from edge.command_auth import CommandGuard
 from edge.drills import DrillManager
 from edge.events import EventSink
@@ -50,6 +51,7 @@ from edge.evidence import EvidenceCollector, evidence_dir
 from edge.linkage import Linkage
 from edge.outbox import Outbox
 from edge.pollers import ModbusPoller
+from edge.retention import EdgeRetention
 from edge.selftest import SelfTester, SelftestSink
 from edge.telemetry import EdgeTelemetry, SampleSource
 from edge.uplink import Uplink
@@ -75,6 +77,9 @@ class EdgeRuntime:
     cameras: dict[str, CameraWatcher] = field(default_factory=dict)
     alarm_status: asyncio.Queue[AlarmStatus] = field(default_factory=asyncio.Queue)
     evidence: EvidenceCollector | None = None
+    clips: ClipRecorder | None = None
+    """Pre- and post-alarm video (issue 13); None without cameras."""
+    retention: EdgeRetention | None = None
     telemetry: EdgeTelemetry | None = None
     notify: NotifyListener | None = None
     drills: DrillManager | None = None
@@ -178,6 +183,7 @@ async def run_edge(cfg: EdgeConfig) -> AsyncIterator[EdgeRuntime]:
             # Before any poller runs: alarms after a restart mid-drill are drills at once.
             rt.drills = DrillManager(cfg, sink, outbox)
             await rt.drills.restore()
+            await sink.load_latches()
             saved = await outbox.load_point_states()
             for dev in cfg.devices:
                 profile = load_profile(dev.profile)
@@ -225,6 +231,19 @@ async def run_edge(cfg: EdgeConfig) -> AsyncIterator[EdgeRuntime]:
             sink.listeners.append(rt.evidence.on_event)
             runners = [(dev_id, p.run()) for dev_id, p in rt.pollers.items()]
             runners.append(("evidence", rt.evidence.run()))
+            if cfg.cameras:
+                # Alarm clips: after the alarm is on disk, never in its way.
+                rt.clips = ClipRecorder(
+                    cfg, outbox, rt.cameras, rt.evidence.cameras_for, clips_dir(cfg)
+                )
+                if rt.clips.active:
+                    sink.listeners.append(rt.clips.on_event)
+                    runners.append(("clips", rt.clips.run()))
+                    # Clip retention and the disk-full guard (video is what it can free).
+                    rt.retention = EdgeRetention(
+                        rt.clips, sink, cfg.edge.id, data_dir, _alarm_open(rt)
+                    )
+                    runners.append(("retention", rt.retention.run()))
             if cfg.linkage:
                 # Site reactions: after the alarm is on disk, never in its way.
                 rt.linkage = Linkage(cfg, sink, rt.pollers, rt.cameras, rt.bollards)
@@ -274,13 +293,40 @@ def _telemetry(rt: EdgeRuntime) -> EdgeTelemetry:
 
     def extra() -> dict[str, float | int | bool]:
         ev = rt.evidence
-        return {
+        out: dict[str, float | int | bool] = {
             "downlink_rejected": rt.rejected,
             "evidence_taken": ev.taken if ev else 0,
             "evidence_missing": ev.missing if ev else 0,
         }
+        if rt.clips is not None and rt.clips.active:
+            out["clips_made"] = rt.clips.stats.made
+            out["clips_missing"] = rt.clips.stats.missing
+            out["clips_with_gaps"] = rt.clips.stats.with_gaps
+            out["clip_buffers_recording"] = sum(
+                b.state == "recording" for b in rt.clips.buffers.values()
+            )
+        if rt.retention is not None:
+            out["storage_free_mb"] = round(rt.retention.free_mb(), 1)
+            out["storage_low"] = rt.retention.low
+        return out
 
     return EdgeTelemetry(rt.cfg, rt.outbox, sources, rt.uplink.connected.is_set, extra)
+
+
+def _alarm_open(rt: EdgeRuntime) -> Callable[[str], Awaitable[bool]]:
+    """Whether an alarm is still open, as far as the edge knows: until the centre reports it
+    closed or the guard console closed it."""
+
+    async def is_open(alarm_id: str) -> bool:
+        if any(s[0] == "closed" for s in await rt.outbox.alarm_statuses(alarm_id)):
+            return False
+        if rt.console is not None:
+            rec = await rt.console.store.alarm(alarm_id)
+            if rec is not None and rec.state == "closed":
+                return False
+        return True
+
+    return is_open
 
 
 _DOWN_MODELS: dict[
@@ -335,6 +381,9 @@ async def _handle_down(rt: EdgeRuntime, topic: str, payload: bytes) -> None:
         if not rt.commands.admit(topic, parsed.kind, msg):
             rt.rejected += 1
             return
+        # The used id is on disk before the command acts: a crash right after cannot let a
+        # replay of it through on restart.
+        await rt.commands.persisted()
     if isinstance(msg, Receipt):
         await rt.outbox.confirm(msg.ids)
     elif isinstance(msg, BollardCommandMessage):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 
@@ -14,6 +15,10 @@ from edge.outbox import PRIORITY_ALARM, PRIORITY_EVENT, Outbox
 log = logging.getLogger(__name__)
 
 Listener = Callable[[Event], None]
+
+LATCH_KINDS: frozenset[str] = frozenset({"panic", "duress", "holdup"})
+"""Alarms a person raises by hand: they latch until a guard resets them at the console."""
+LATCH_KEY = "latched_alarms"
 
 
 class EventSink:
@@ -31,6 +36,59 @@ class EventSink:
         self.listeners: list[Listener] = []
         # (kind, device, point) of raised alarms -> whether raised as a drill (for the restore)
         self._drill_raised: dict[tuple[str, str, str | None], bool] = {}
+        # Panic-type inputs that latch (issue 13, part 5): "device/point" -> the raised alarm,
+        # until a guard resets it at the console. Kept in the outbox's database, so a restart
+        # (or a crash) does not unlatch anything.
+        self._latching: set[str] = set()
+        if cfg.console.enabled:
+            for dev in cfg.devices:
+                self._latching |= {f"{dev.id}/{i.id}" for i in dev.inputs if i.latch}
+            for cam in cfg.cameras:
+                self._latching |= {f"{cam.id}/{i.id}" for i in cam.inputs if i.latch}
+        self._latched: dict[str, Event] = {}
+        self.suppressed = 0
+        """Presses and releases of a latched button that raised nothing new (counted, logged)."""
+
+    async def load_latches(self) -> None:
+        """Before any poller runs: what was latched when the edge stopped still is."""
+        raw = await self._outbox.get_value(LATCH_KEY)
+        for key, data in (json.loads(raw) if raw else {}).items():
+            if key in self._latching:
+                self._latched[key] = Event.model_validate(data)
+        if self._latched:
+            log.warning(
+                "%d panic alarm(s) still latched until reset at the guard console: %s",
+                len(self._latched),
+                ", ".join(sorted(self._latched)),
+            )
+
+    async def _save_latches(self) -> None:
+        data = {k: e.model_dump(mode="json") for k, e in self._latched.items()}
+        await self._outbox.put_value(LATCH_KEY, json.dumps(data) if data else None)
+
+    def latched(self) -> list[Event]:
+        return list(self._latched.values())
+
+    async def reset(self, alarm: Event, user: str) -> Event | None:
+        """A guard reset a latched alarm at the console: now it ends (the restore goes to the
+        centre and the police like any restore, naming who reset it). None if not latched."""
+        key = f"{alarm.device}/{alarm.point}"
+        held = self._latched.get(key)
+        if held is None or held.id != alarm.id:
+            return None
+        del self._latched[key]
+        await self._save_latches()
+        return await self.emit(
+            alarm.kind,
+            device=alarm.device,
+            point=alarm.point,
+            zone=alarm.zone,
+            location=alarm.location or "",
+            zone_no=alarm.zone_no,
+            restore=True,
+            detail={"reset_by": user[:64], "alarm_id": alarm.id},
+            _reset=True,
+        )
 
     def _place(
         self, device: ModbusDeviceConfig | None, zone: str | None, location: str
@@ -56,7 +114,26 @@ class EventSink:
         restore: bool = False,
         real_during_drill: bool = False,
         detail: dict[str, DetailValue] | None = None,
+        point_state: tuple[str, str] | None = None,
+        _reset: bool = False,
     ) -> Event:
+        latch_key = f"{device}/{point}"
+        if kind in LATCH_KINDS and latch_key in self._latching and not _reset:
+            held = self._latched.get(latch_key)
+            if held is not None:
+                # Latched: the button's release (or a key reset at the button) does not end
+                # the alarm, and another press does not raise a second one; only the guard's
+                # reset at the console does.
+                self.suppressed += 1
+                log.info(
+                    "%s %s/%s %s while latched (alarm %s): reset it at the guard console",
+                    kind,
+                    device,
+                    point,
+                    "released" if restore else "pressed again",
+                    held.id,
+                )
+                return held
         zone, where, geo = self._place(device_cfg, zone, location)
         campus = self._cfg.campus.id
         key = (kind, device, point)
@@ -95,7 +172,12 @@ class EventSink:
             return topic, event.model_dump_json().encode(), event
 
         priority = PRIORITY_ALARM if kind in ALARM_KINDS else PRIORITY_EVENT
-        event = await self._outbox.add_sequenced(build, priority, receipt_key=ident)
+        event = await self._outbox.add_sequenced(
+            build, priority, receipt_key=ident, point_state=point_state
+        )
+        if kind in LATCH_KINDS and latch_key in self._latching and not restore:
+            self._latched[latch_key] = event
+            await self._save_latches()
         log.log(
             logging.WARNING if kind in ALARM_KINDS and not restore else logging.INFO,
             "event %s #%d %s%s %s/%s: %s",

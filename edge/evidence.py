@@ -192,6 +192,8 @@ class EvidenceCollector:
         def delete() -> int:
             n = 0
             for p in paths:
+                if not p.endswith(".jpg"):
+                    continue  # alarm clips have their own retention (edge/retention.py)
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(p)
                     n += 1

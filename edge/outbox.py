@@ -151,12 +151,15 @@ class Outbox:
         build: Callable[[int], tuple[str, bytes, T]],
         priority: int,
         receipt_key: str | None = None,
+        point_state: tuple[str, str] | None = None,
     ) -> T:
         """Allocate the next sequence number and store the message built with it, atomically.
 
         ``build(seq)`` returns ``(topic, payload, value)``; ``value`` is handed back once the
         row is committed to disk. With ``receipt_key`` the row stays after the broker's PUBACK
-        until :meth:`confirm` is called with that key (the gateway's receipt).
+        until :meth:`confirm` is called with that key (the gateway's receipt). With
+        ``point_state`` (key, state) the input's reported state is saved in the same
+        transaction (see :meth:`save_point_states`).
         """
 
         def work() -> T:
@@ -176,6 +179,12 @@ class Outbox:
                     "VALUES (?, ?, ?, 0, ?, ?)",
                     (priority, topic, payload, receipt_key, time.time()),
                 )
+                if point_state is not None:
+                    db.execute(
+                        "INSERT INTO point_state(key, value) VALUES (?, ?) "
+                        "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                        point_state,
+                    )
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")

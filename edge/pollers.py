@@ -103,6 +103,9 @@ class ModbusPoller:
                     restore=signal.restore,
                     real_during_drill=tracker.cfg.real_during_drill,
                     detail=signal.detail,
+                    point_state=(
+                        (self._key(tracker.cfg.id), signal.state) if signal.state else None
+                    ),
                 )
             if tracker.state != before and tracker.state is not None:
                 changed[self._key(tracker.cfg.id)] = tracker.state

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from pydantic import ValidationError
 
@@ -59,6 +59,14 @@ class Rejects:
         return sum(self.counts.values())
 
 
+class BatchFailed(Exception):
+    """Storing a batch of messages failed; the first ``done`` of them are committed."""
+
+    def __init__(self, done: int) -> None:
+        super().__init__(f"batch failed after {done} committed message(s)")
+        self.done = done
+
+
 class Ingest:
     def __init__(
         self,
@@ -102,6 +110,68 @@ class Ingest:
         if parsed is not None and parsed.kind == "telemetry" and parsed.direction == "up":
             await self._telemetry(topic, parsed.campus, payload)
             return None
+        msg = self._parse(topic, parsed, payload)
+        if msg is None:
+            return None
+        if isinstance(msg, Event):
+            self.accepted["event"] += 1
+            await self._event(msg)
+            if msg.kind == "bollard_command":
+                await self.store.command_progress(msg)
+            if msg.kind == "drill" and self.on_drill is not None:
+                await self.on_drill(msg)
+            if msg.kind == "guard_action":
+                await self._guard_action(msg)
+            return msg.campus, msg.id
+        if isinstance(msg, EdgeState):
+            self.accepted["edge"] += 1
+            before = await self.store.upsert_edge_state(msg)
+            if before is not None and before != msg.online:
+                await self._path_change(msg)
+        else:
+            self.accepted["device"] += 1
+            await self.store.upsert_device_status(msg)
+        return None
+
+    async def handle_batch(
+        self, items: Sequence[tuple[str, bytes]]
+    ) -> list[tuple[str, str] | None]:
+        """Process messages that arrived together (the telemetry connection: device status and
+        telemetry batches), with every device status of them stored in ONE transaction.
+
+        The result is as if each was handled in turn (``handle``): per device the newest status
+        wins, an older one arriving late changes nothing, outages follow every change. Other
+        messages are handled one by one as they come. When this returns, every message of the
+        batch is committed (and may be acknowledged). On a failure it raises ``BatchFailed``
+        with how many leading messages are committed all the same (those may be acknowledged,
+        the rest must not be: they come again).
+        """
+        results: list[tuple[str, str] | None] = [None] * len(items)
+        statuses: list[DeviceStatus] = []
+        done = 0  # leading messages committed (a status is not, until the batch's write)
+        try:
+            for i, (topic, payload) in enumerate(items):
+                parsed = topics.parse_topic(topic)
+                if parsed is not None and parsed.kind == "device":
+                    msg = self._parse(topic, parsed, payload)
+                    if isinstance(msg, DeviceStatus):
+                        statuses.append(msg)
+                else:
+                    results[i] = await self.handle(topic, payload)
+                if not statuses:
+                    done = i + 1
+            if statuses:
+                await self.store.upsert_device_statuses(statuses)
+        except Exception as exc:
+            raise BatchFailed(done) from exc
+        self.accepted["device"] += len(statuses)
+        return results
+
+    def _parse(
+        self, topic: str, parsed: topics.ParsedTopic | None, payload: bytes
+    ) -> Event | EdgeState | DeviceStatus | None:
+        """Check an event, edge state or device status message; None (counted, logged) if it
+        is not one we take."""
         if len(payload) > MAX_PAYLOAD_BYTES:
             self.reject("oversized", topic, f"{len(payload)} bytes")
             return None
@@ -136,23 +206,7 @@ class Ingest:
         if isinstance(msg, DeviceStatus) and msg.device != parsed.device:
             self.reject("device mismatch", topic, f"payload says {msg.device}")
             return None
-        self.accepted[parsed.kind] += 1
-        if isinstance(msg, Event):
-            await self._event(msg)
-            if msg.kind == "bollard_command":
-                await self.store.command_progress(msg)
-            if msg.kind == "drill" and self.on_drill is not None:
-                await self.on_drill(msg)
-            if msg.kind == "guard_action":
-                await self._guard_action(msg)
-            return msg.campus, msg.id
-        if isinstance(msg, EdgeState):
-            before = await self.store.upsert_edge_state(msg)
-            if before is not None and before != msg.online:
-                await self._path_change(msg)
-        else:
-            await self.store.upsert_device_status(msg)
-        return None
+        return msg
 
     async def _evidence(
         self, topic: str, campus: str, payload: bytes, vault: EvidenceVault
@@ -161,7 +215,7 @@ class Ingest:
         if campus not in self.campuses:
             self.reject("unknown campus", topic, campus)
             return None
-        limit = vault.cfg.max_bytes
+        limit = vault.message_limit  # a picture, or one chunk of a video clip
         if len(payload) > limit + evidence_wire.MAX_HEADER_BYTES + len(evidence_wire.MAGIC) + 1:
             self.reject("oversized", topic, f"{len(payload)} bytes")
             return None
@@ -169,6 +223,9 @@ class Ingest:
             header, image = evidence_wire.decode(payload, max_image=limit)
         except evidence_wire.EvidenceError as exc:
             self.reject("invalid evidence", topic, str(exc))
+            return None
+        if (too_big := vault.refuse(header)) is not None:
+            self.reject("oversized", topic, too_big)
             return None
         if header.campus != campus:
             self.reject("campus mismatch", topic, f"payload says {header.campus}")

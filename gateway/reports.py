@@ -307,9 +307,9 @@ def compliance(
     """The monthly page for the education commission: is the campus' alarm path sound, and
     were its drills held? ``drills`` (the drill records) give the drills held and their days;
     without them the days are those of drill alarms (before drill records existed)."""
-    # Periodic tests and self-tests have alarm records too (for their police answer): tests,
-    # never alarms.
-    alarms = [a for a in alarms if a.kind != "test"]
+    # Periodic tests and self-tests have alarm records too (for their police answer), and so
+    # has a missed periodic test (for the technician): never alarms here.
+    alarms = [a for a in alarms if a.kind not in ("test", "test_missed")]
     real = [a for a in alarms if not a.drill and not a.restore]
     delivered = [a for a in real if a.police_at is not None]
     to_police = [(a.police_at - a.edge_ts).total_seconds() for a in delivered if a.police_at]

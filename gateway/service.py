@@ -26,7 +26,7 @@ from gateway.relay.dc09 import Dc09Sink
 from gateway.relay.worker import RelayWorker
 from gateway.selftest import SelftestService
 from gateway.store.db import make_engine, migrate
-from gateway.store.repo import ClaimedJob, Store, aware
+from gateway.store.repo import ClaimedJob, Store
 from gateway.telemetry.sink import EmbeddedSink, InfluxSink, TelemetrySink
 from gateway.telemetry.writer import TelemetryWriter
 from gateway.testsignals import TestSignalWatch
@@ -79,6 +79,7 @@ def _dc09_sender(cfg: GatewayConfig, on_health: HealthCallback) -> DC09Sender | 
             key=key,
             ack_timeout=d.ack_timeout,
             attempts=d.attempts,
+            connections=d.connections,
             supervision_interval=d.supervision_interval,
             supervision_account=d.supervision_account or cfg.campuses[0].account,
         ),
@@ -167,13 +168,11 @@ async def run_gateway(cfg: GatewayConfig) -> AsyncIterator[GatewayRuntime]:
                 )
             )
 
-            async def delivered(event: Event, path: str | None) -> None:
-                found = await store.alarm(event.id)
-                telemetry.alarm(event, path, aware(found[0].received_at) if found else None)
-
             for w in workers.values():
                 w.on_step = mqtt.wake_downlink.set
-                w.on_delivered = delivered
+                # The alarm's latency point: the relay hands over the received_at it stored
+                # with the police's acknowledgement (no read back of the alarm).
+                w.on_police_received = telemetry.alarm
             rt = GatewayRuntime(cfg, store, ingest, mqtt, workers, vault, telemetry, telemetry_mqtt)
             rt_ref.append(rt)
             if cfg.command_signing is not None:
@@ -208,7 +207,13 @@ async def run_gateway(cfg: GatewayConfig) -> AsyncIterator[GatewayRuntime]:
                 cfg.mqtt.port,
                 f", http port {rt.http_port}" if rt.http_port else "",
             )
-            yield rt
+            try:
+                yield rt
+            finally:
+                # Shutting down (SIGTERM): leave the shared subscriptions first, so the broker
+                # hands new messages to the other gateways instead of queueing them for this
+                # one, and handle what was already received; then everything stops in order.
+                await asyncio.gather(mqtt.leave(), telemetry_mqtt.leave())
     finally:
         if store is not None:
             await store.drain()

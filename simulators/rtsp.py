@@ -61,7 +61,8 @@ try:
     import gi
     gi.require_version("Gst", "1.0")
     gi.require_version("GstRtspServer", "1.0")
-    from gi.repository import GLib, Gst, GstRtspServer
+    gi.require_version("GstRtsp", "1.0")
+    from gi.repository import GLib, Gst, GstRtsp, GstRtspServer
 except (ImportError, ValueError) as exc:
     print(f"GStreamer RTSP server not available: {exc}", file=sys.stderr)
     sys.exit(3)
@@ -101,7 +102,16 @@ source = (
     f"videotestsrc is-live=true pattern=smpte horizontal-speed=4 ! "
     f"video/x-raw,width={cfg['width']},height={cfg['height']},framerate={fps}/1"
 )
-if have("clockoverlay"):
+if cfg.get("video_file"):
+    # A scene written by a test (Motion JPEG AVI), played in real time from its start for each
+    # new client of the shared media: e.g. an empty gate, then a car that stops in the zone.
+    location = cfg["video_file"].replace('"', "")
+    source = (
+        f'filesrc location="{location}" ! avidemux ! jpegdec ! videoconvert ! videoscale ! '
+        f"video/x-raw,width={cfg['width']},height={cfg['height']} ! videorate ! "
+        f"video/x-raw,framerate={fps}/1"
+    )
+elif have("clockoverlay"):
     label = cfg["label"].replace('"', "'")
     source += (
         f' ! clockoverlay halignment=left valignment=bottom shaded-background=true '
@@ -121,6 +131,22 @@ server.set_service(str(cfg["port"]))
 factory = GstRtspServer.RTSPMediaFactory()
 factory.set_launch(launch)
 factory.set_shared(True)
+if cfg.get("username"):
+    # Like a camera: Digest authentication; a wrong password is a 401.
+    auth = GstRtspServer.RTSPAuth()
+    token = GstRtspServer.RTSPToken()
+    token.set_string(GstRtspServer.RTSP_TOKEN_MEDIA_FACTORY_ROLE, "viewer")
+    auth.add_digest(cfg["username"], cfg["password"], token)
+    auth.set_supported_methods(GstRtsp.RTSPAuthMethod.DIGEST)  # what cameras offer today
+    server.set_auth(auth)
+    permissions = GstRtspServer.RTSPPermissions()
+    permissions.add_permission_for_role(
+        "viewer", GstRtspServer.RTSP_PERM_MEDIA_FACTORY_ACCESS, True
+    )
+    permissions.add_permission_for_role(
+        "viewer", GstRtspServer.RTSP_PERM_MEDIA_FACTORY_CONSTRUCT, True
+    )
+    factory.set_permissions(permissions)
 server.get_mount_points().add_factory("/" + cfg["path"], factory)
 if server.attach(None) == 0:
     print(f"cannot listen on {cfg['host']}:{cfg['port']}", file=sys.stderr)
@@ -160,6 +186,11 @@ class RtspTestStream:
         label: Text burnt in next to the clock (e.g. the camera's name).
         start_timeout: Seconds to wait for the server to accept connections.
         python: The interpreter with PyGObject (``python3-gi``).
+        username: With ``password``: the stream asks for them (Digest), as a
+            camera does; a wrong password is refused with 401.
+        password: See ``username``.
+        video_file: Serve this Motion JPEG AVI (played in real time) instead of the test
+            pattern: a scene a test wrote frame by frame.
 
     Attributes:
         codec: After start: the codec actually served (``h264`` or ``mjpeg``).
@@ -179,6 +210,9 @@ class RtspTestStream:
         label: str = "CampusGuard",
         start_timeout: float = 15.0,
         python: str = SYSTEM_PYTHON,
+        username: str | None = None,
+        password: str | None = None,
+        video_file: str | None = None,
     ) -> None:
         """Configure; nothing runs until entered."""
         if codec not in ("auto", "h264", "mjpeg"):
@@ -197,6 +231,9 @@ class RtspTestStream:
         self.label = label
         self.start_timeout = start_timeout
         self.python = python
+        self.username = username
+        self.password = password or ""
+        self.video_file = video_file
         self._proc: asyncio.subprocess.Process | None = None
         self._stderr: IO[bytes] | None = None
 
@@ -247,6 +284,9 @@ class RtspTestStream:
             "fps": self.fps,
             "codec": self.requested_codec,
             "label": self.label,
+            "username": self.username,
+            "password": self.password,
+            "video_file": self.video_file,
         }
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop)
         self._proc = await asyncio.create_subprocess_exec(

@@ -29,7 +29,7 @@ from typing import Any, Self
 import httpx
 from aiohttp import web
 
-from gateway.relay import webhook_doc as doc
+from drivers.webhook import doc
 
 log = logging.getLogger(__name__)
 

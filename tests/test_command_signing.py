@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -26,6 +27,7 @@ from campusguard.cli import app
 from contract import signing, topics
 from contract.config import ApiToken, EdgeSigningConfig, GatewaySigningConfig
 from contract.models import DrillCommand, new_id, utcnow
+from edge.command_auth import CommandGuard
 from edge.daemon import event_listener_queue, run_edge
 from gateway.service import run_gateway
 from simulators.bollard import BollardSimulator
@@ -231,3 +233,103 @@ async def test_signed_bollard_command_through_the_gateway_api(
             assert poller.state_of("b-left") == "up"
             assert edge.commands is not None and sum(edge.commands.refused.values()) == 0
             await asyncio.sleep(0)
+
+
+def _guard(keys: Path, data_dir: Path) -> CommandGuard:
+    return CommandGuard(EdgeSigningConfig(public_key_file=keys / "command-signing.pub"), data_dir)
+
+
+async def test_a_command_id_used_before_a_crash_is_refused_after_it(
+    tmp_path: Path, keys: Path
+) -> None:
+    """The seen-set reaches the disk from the executor, newest last, and the edge that starts
+    again from the data dir (nothing else carried over, as after a SIGKILL) refuses a replay."""
+    data_dir = tmp_path / "edge-data"
+    topic = topics.command_topic(CAMPUS)
+    guard = _guard(keys, data_dir)
+    sent = [command("raise", bollard=i % 4) for i in range(40)]
+    confirm = sent[0].model_copy(update={"step": "confirm", "token": "t0"})
+    for msg in sent:
+        assert guard.admit(topic, "command", msg)
+    assert guard.admit(topic, "command", confirm)  # another step of the same id
+    await guard.persisted()
+    assert not list(data_dir.glob("*.part")), "a temporary file was left behind"
+    on_disk = json.loads((data_dir / "command-seen.json").read_text())
+    assert len(on_disk) == len(sent) + 1, "a later, smaller snapshot overwrote a newer one"
+
+    again = _guard(keys, data_dir)  # the first one is simply abandoned: no close, no flush
+    for msg in [*sent, confirm]:
+        assert not again.admit(topic, "command", msg), msg.id
+    assert again.refused["replay"] == len(sent) + 1
+    fresh = command("lower")
+    assert again.admit(topic, "command", fresh)
+    await again.persisted()
+    assert not _guard(keys, data_dir).admit(topic, "command", fresh)
+
+
+def test_the_seen_set_is_written_before_admit_returns_outside_a_loop(
+    tmp_path: Path, keys: Path
+) -> None:
+    guard = _guard(keys, tmp_path)
+    msg = command("lower")
+    assert guard.admit(topics.command_topic(CAMPUS), "command", msg)
+    assert not _guard(keys, tmp_path).admit(topics.command_topic(CAMPUS), "command", msg)
+
+
+async def test_cli_bollard_send_signs_with_the_gateway_key(
+    mosquitto: Mosquitto, tmp_path: Path, keys: Path
+) -> None:
+    """`campusguard bollard send --config gateway.yaml` signs the request and the confirm like
+    the gateway does, so an edge that requires signatures acts on it; without the key it is
+    refused as unsigned; an unreadable key stops the CLI before anything is sent."""
+    gw_yaml = tmp_path / "gateway.yaml"
+    gw_yaml.write_text(
+        yaml.safe_dump(
+            {
+                "campuses": [{"id": CAMPUS, "account": "1234"}],
+                "command_signing": {"private_key_file": str(keys / "command-signing.key")},
+            }
+        )
+    )
+    missing_yaml = tmp_path / "gateway-nokey.yaml"
+    missing_yaml.write_text(
+        yaml.safe_dump(
+            {
+                "campuses": [{"id": CAMPUS, "account": "1234"}],
+                "command_signing": {"private_key_file": str(tmp_path / "nowhere.key")},
+            }
+        )
+    )
+    async with BollardSimulator(bollards=2, travel_time=0.4) as sim:
+        cfg = bollard_edge(tmp_path, mosquitto.port, sim.port).model_copy(
+            update={
+                "command_signing": EdgeSigningConfig(public_key_file=keys / "command-signing.pub")
+            }
+        )
+        async with run_edge(cfg) as edge:
+            guard = edge.commands
+            assert guard is not None
+            poller = edge.bollards["gate-plc"]
+            await wait_for(edge.uplink.connected.is_set)
+            await wait_for(lambda: poller.state_of("b-left") == "down")
+            base = ["bollard", "send", "raise", "--campus", CAMPUS, "--device", "gate-plc"]
+            base += ["--bollard", "0", "--broker", f"127.0.0.1:{mosquitto.port}", "--yes"]
+
+            def cli(*extra: str) -> Any:
+                return asyncio.to_thread(CliRunner().invoke, app, [*base, *extra])
+
+            bad = await cli("--config", str(missing_yaml), "--wait", "5")
+            assert bad.exit_code == 2, bad.output
+            assert "cannot read the command-signing key" in bad.output
+            assert "nowhere.key" in bad.output and "nothing sent" in bad.output
+
+            unsigned = await cli("--wait", "2")
+            assert unsigned.exit_code == 1, unsigned.output
+            assert guard.refused["unsigned"] == 1
+            assert poller.state_of("b-left") == "down"
+
+            done = await cli("--config", str(gw_yaml), "--wait", "15")
+            assert done.exit_code == 0, done.output
+            assert "armed" in done.output and "done" in done.output
+            assert poller.state_of("b-left") == "up"
+            assert dict(guard.refused) == {"unsigned": 1}

@@ -5,16 +5,13 @@ them the gateway with the police receiver, the bollard simulator and the camera 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+from playwright.async_api import Browser, BrowserContext, Page
 
 from contract.config import EdgeConfig, parse_config
 from edge.console.auth import hash_password
@@ -24,16 +21,13 @@ from simulators.bollard import BollardSimulator
 from simulators.camera import CameraSimulator
 from simulators.modbus_io import DIModuleSimulator
 from simulators.police import PoliceReceiver
+from tests.browser import chromium, needs_chromium, shot
+from tests.browser import login as browser_login
 from tests.gwkit import CAMPUS, gateway_config
 from tests.helpers import Mosquitto, free_port, wait_for
 
-CHROMIUM = "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists() and shutil.which("chromium") is None,
-    reason="Debian's chromium is not installed (scripts/setup.sh test installs it)",
-)
+pytestmark = needs_chromium
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
 PASSWORD = "booth-pw-1"
 HASH = hash_password(PASSWORD)
 EVIL_LOCATION = "<b>east</b><script>alert(1)</script>"
@@ -127,19 +121,6 @@ def console_edge(
     return parse_config(data, EdgeConfig, "console-test")
 
 
-@contextlib.asynccontextmanager
-async def chromium() -> AsyncIterator[Browser]:
-    args = ["--autoplay-policy=no-user-gesture-required"]
-    if os.geteuid() == 0:
-        args.append("--no-sandbox")
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=args)
-        try:
-            yield browser
-        finally:
-            await browser.close()
-
-
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
     async with chromium() as b:
@@ -153,20 +134,11 @@ def base(edge: EdgeRuntime) -> str:
 async def login(
     browser: Browser, edge: EdgeRuntime, user: str = "wang", **ctx: Any
 ) -> tuple[BrowserContext, Page]:
-    context = await browser.new_context(viewport={"width": 1366, "height": 768}, **ctx)
-    page = await context.new_page()
-    await page.goto(base(edge) + "/login")
-    await page.fill("input[name=user]", user)
-    await page.fill("input[name=password]", PASSWORD)
-    await page.click("button[type=submit]")
-    await page.wait_for_url("**/board")
+    context, page = await browser_login(
+        browser, base(edge), user, PASSWORD, "/board", viewport=(1366, 768), **ctx
+    )
     await page.wait_for_selector("body[data-live=yes]")
     return context, page
-
-
-async def shot(page: Page, name: str) -> None:
-    DOCS.mkdir(exist_ok=True)
-    await page.screenshot(path=str(DOCS / name), full_page=False)
 
 
 async def test_press_alarm_sound_ack_police_status(

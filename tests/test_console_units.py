@@ -14,11 +14,12 @@ from typer.testing import CliRunner
 from campusguard.cli import app as cli
 from contract.config import ConfigError, EdgeConfig, parse_config
 from contract.models import Event, new_id, utcnow
-from edge.console import auth
 from edge.console.auth import Accounts, RateLimiter, hash_password, same_origin
 from edge.console.i18n import LANGUAGES, Translator, catalogue
 from edge.console.service import beep_wav
 from edge.console.store import ConsoleStore
+from webkit import security as auth
+from webkit.passwords import verify_password
 
 CONSOLE = Path(__file__).resolve().parent.parent / "edge" / "console"
 
@@ -186,7 +187,7 @@ def test_cli_hash_password() -> None:
     r = CliRunner().invoke(cli, ["console", "hash-password", "--password", "longenough1"])
     assert r.exit_code == 0, r.output
     h = r.output.strip()
-    assert auth.verify_password(h, "longenough1")
+    assert verify_password(h, "longenough1")
     r = CliRunner().invoke(cli, ["console", "hash-password", "--password", "short"])
     assert r.exit_code == 2
 

@@ -37,7 +37,9 @@ def test_demo_runs_and_stops_cleanly(tmp_path: Path) -> None:
     assert "the police received ADM-CID #1234|1120 01 001" in out
     assert "police_received via primary" in out
     assert re.search(r"campusguard(\.cli)? sim press 1 --url http://127\.0\.0\.1:\d+", out)
-    assert "demo stopped: alarms at the police: 2" in out
+    # The press latched: its release is no restore (a guard resets it at the console).
+    assert "stays raised (latched) until a guard closes it" in out
+    assert "demo stopped: alarms at the police: 1" in out
     # The camera over the guard room: online at the centre (its retained device status), its
     # test stream served, and its tamper event raised for the guard, not the police.
     assert "camera cam-guardroom is online at the centre (its retained device status" in out

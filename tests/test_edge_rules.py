@@ -129,3 +129,17 @@ def test_a_new_press_during_the_quiet_hold_is_a_new_alarm() -> None:
     # Released and pressed again between polls: the latch has a new pulse.
     assert [s.restore for s in t.update(True, 1, None, 0.15)] == [False]
     assert [s.restore for s in t.update(False, 0, None, 0.20)] == [True]
+
+
+def test_each_signal_carries_the_state_it_leaves() -> None:
+    """Stored with its event in one transaction: killed between a short press's alarm and its
+    release, the edge restarts knowing the alarm went out, and sends the release then."""
+    t = tracker(mode="latch")
+    t.update(False, 0, None, 0.0)
+    signals = t.update(False, 1, None, 0.05)
+    assert [(s.restore, s.state) for s in signals] == [(False, "active"), (True, "normal")]
+    e = tracker(mode="eol", kind="intrusion", eol={"samples": 1})
+    [cut] = e.update(None, 0, "cut", 0.0)
+    assert (cut.kind, cut.state) == ("trouble", "cut")
+    restore, alarm = e.update(None, 0, "alarm", 0.1)
+    assert (restore.state, alarm.state) == ("normal", "alarm")

@@ -114,7 +114,7 @@ def auth(token: str) -> dict[str, str]:
 
 
 async def alarm_detail(http: httpx.AsyncClient, alarm_id: str) -> dict[str, Any]:
-    r = await http.get(f"/api/alarms/{alarm_id}")
+    r = await http.get(f"/api/alarms/{alarm_id}", headers=auth(GUARD_TOKEN))
     assert r.status_code == 200, r.text
     body: dict[str, Any] = r.json()
     return body

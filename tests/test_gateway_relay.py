@@ -9,13 +9,17 @@ from pathlib import Path
 
 import aiomqtt
 import httpx
+from pydantic import SecretStr
 
 from contract import topics
+from contract.config import ApiToken
 from contract.models import AlarmStatus, EdgeState, utcnow
 from gateway.service import run_gateway
 from simulators.police import PoliceReceiver
 from tests.gwkit import ACCOUNT, CAMPUS, client, gateway_config, make_event, publish_event
 from tests.helpers import Mosquitto, free_port, wait_for
+
+ADMIN = "admin-token-0123456789abcdef"
 
 
 async def collect_status(c: aiomqtt.Client, into: list[AlarmStatus]) -> None:
@@ -28,6 +32,8 @@ async def test_panic_relayed_once_and_campus_told(
 ) -> None:
     async with PoliceReceiver(udp=False) as police:
         cfg = gateway_config(tmp_path, mosquitto.port, police.tcp_port, http=True, db_url=db_url)
+        tok = ApiToken(user="admin", role="admin", campuses=["*"], token=SecretStr(ADMIN))
+        cfg = cfg.model_copy(update={"api_tokens": [tok]})
         async with run_gateway(cfg) as gw, client(mosquitto.port) as campus:
             await campus.subscribe(topics.alarm_status_topic(CAMPUS), qos=1)
             statuses: list[AlarmStatus] = []
@@ -54,7 +60,10 @@ async def test_panic_relayed_once_and_campus_told(
             await wait_for(lambda: gw.ingest.duplicates == 1, what="duplicate counted")
             assert len(police.alarms) == 1
 
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.http_port}") as http:
+            async with httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{gw.http_port}",
+                headers={"Authorization": f"Bearer {ADMIN}"},
+            ) as http:
                 detail = (await http.get(f"/api/alarms/{ev.id}")).json()
                 assert detail["state"] == "police_received"
                 assert [s["state"] for s in detail["timeline"]] == ["received", "police_received"]

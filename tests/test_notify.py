@@ -20,7 +20,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from pydantic import SecretStr
 
-from contract.config import GatewayConfig, GatewayNotifyConfig
+from contract.config import ApiToken, GatewayConfig, GatewayNotifyConfig
 from gateway.service import GatewayRuntime, run_gateway
 from tests.gwkit import CAMPUS, gateway_config, make_event
 from tests.helpers import Mosquitto, free_port, wait_for
@@ -82,6 +82,9 @@ async def receiver() -> AsyncIterator[Receiver]:
         await runner.cleanup()
 
 
+ADMIN = "admin-token-0123456789abcdef"
+
+
 def gw_cfg(tmp: Path, broker: int, notify: dict[str, Any]) -> GatewayConfig:
     cfg = gateway_config(tmp, broker, None, http=True)
     ev = cfg.evidence.model_copy(
@@ -89,7 +92,8 @@ def gw_cfg(tmp: Path, broker: int, notify: dict[str, Any]) -> GatewayConfig:
     )
     base = {"public_url": PUBLIC, "poll_interval": 0.1, "retry_delay": 0.1}
     n = GatewayNotifyConfig.model_validate({**base, **notify})
-    return cfg.model_copy(update={"notify": n, "evidence": ev})
+    tok = ApiToken(user="admin", role="admin", campuses=["*"], token=SecretStr(ADMIN))
+    return cfg.model_copy(update={"notify": n, "evidence": ev, "api_tokens": [tok]})
 
 
 async def alarm(gw: GatewayRuntime, **kw: Any) -> str:
@@ -102,7 +106,7 @@ async def alarm(gw: GatewayRuntime, **kw: Any) -> str:
 
 async def jobs(gw: GatewayRuntime, alarm_id: str) -> list[dict[str, Any]]:
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.http_port}") as http:
-        r = await http.get(f"/api/notify/{alarm_id}")
+        r = await http.get(f"/api/notify/{alarm_id}", headers={"Authorization": f"Bearer {ADMIN}"})
         assert r.status_code == 200, r.text
         out: list[dict[str, Any]] = r.json()
         return out

@@ -13,8 +13,9 @@ from pathlib import Path
 import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
-from contract.config import EdgeConfig
+from contract.config import ApiToken, EdgeConfig, HttpConfig
 from edge.daemon import run_edge
 from gateway.service import run_gateway
 from simulators.modbus_io import DIModuleSimulator
@@ -24,6 +25,8 @@ from tests.gwkit import client, gateway_config, make_event, publish_event
 from tests.helpers import Mosquitto, env_with_pythonpath, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
+SCRAPER = "prometheus-token-0123456789abcdef"
+READER = "inspector-token-0123456789abcdef"
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -35,11 +38,30 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 async def test_gateway_metrics(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    cfg = gateway_config(tmp_path, mosquitto.port, None, http=True)
+    tokens = [
+        ApiToken(user="prom", role="technician", campuses=["*"], token=SecretStr(SCRAPER)),
+        ApiToken(user="insp", role="inspector", campuses=["*"], token=SecretStr(READER)),
+    ]
     async with (
         PoliceReceiver(udp=False) as police,
-        run_gateway(gateway_config(tmp_path, mosquitto.port, police.tcp_port, http=True)) as gw,
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.http_port}") as http,
+        run_gateway(
+            gateway_config(tmp_path, mosquitto.port, police.tcp_port, http=True).model_copy(
+                update={"api_tokens": tokens}
+            )
+        ) as gw,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.http_port}") as anon,
+        httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{gw.http_port}",
+            headers={"Authorization": f"Bearer {SCRAPER}"},
+        ) as http,
     ):
+        # The scrape needs a token with health.read (unless gateway.http.metrics_public).
+        assert (await anon.get("/metrics")).status_code == 401
+        assert (
+            await anon.get("/metrics", headers={"Authorization": f"Bearer {READER}"})
+        ).status_code == 403
+        assert cfg.gateway.http is not None and not cfg.gateway.http.metrics_public
         await wait_for(gw.mqtt.connected.is_set)
         async with client(mosquitto.port) as campus:
             for i in range(3):
@@ -74,6 +96,21 @@ async def test_gateway_metrics(mosquitto: Mosquitto, tmp_path: Path) -> None:
             ("campusguard_gateway_relay_latency_seconds_bucket", (("le", "5.0"), ("sink", "dc09")))
         ]
         assert p99_bucket == 3
+
+
+async def test_gateway_metrics_public_when_configured(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    cfg = gateway_config(tmp_path, mosquitto.port, None, http=True)
+    node = cfg.gateway.model_copy(
+        update={"http": HttpConfig(host="127.0.0.1", port=0, metrics_public=True)}
+    )
+    async with (
+        run_gateway(cfg.model_copy(update={"gateway": node})) as gw,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.http_port}") as anon,
+    ):
+        r = await anon.get("/metrics")
+        assert r.status_code == 200 and "campusguard_gateway_relay_pending" in r.text
+        # Only the scrape: the rest of the API still wants a login.
+        assert (await anon.get("/api/stats")).status_code == 401
 
 
 async def _latency_count(

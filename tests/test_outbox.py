@@ -63,3 +63,17 @@ async def test_point_states_and_alarm_status(tmp_path: Path) -> None:
         assert await box.record_alarm_status("A" * 26, "police_received", "t2", "primary", "")
         steps = await box.alarm_statuses("A" * 26)
         assert [s[0] for s in steps] == ["received", "police_received"]
+
+
+async def test_point_state_is_saved_with_its_event(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    async with Outbox(path) as box:
+        await box.add_sequenced(
+            _build("t/alarm", "a1"), PRIORITY_ALARM, "k1", point_state=("di-1/btn", "active")
+        )
+    # One transaction: whoever sees the event sees the state (and the other way round).
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT value FROM point_state WHERE key='di-1/btn'").fetchone() == (
+        "active",
+    )
+    assert db.execute("SELECT count(*) FROM outbox").fetchone()[0] == 1

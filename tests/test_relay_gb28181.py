@@ -20,7 +20,7 @@ from simulators.webhook_receiver import WebhookReceiver
 from tests.gwkit import client, make_event, publish_event
 from tests.helpers import Mosquitto, free_port, wait_for
 from tests.sipp import Sipp
-from tests.test_relay_webhook import SECRET, config_with, job_state, state_of
+from tests.test_relay_webhook import ADMIN_AUTH, SECRET, config_with, job_state, state_of
 
 DEVICE = "34020000001320000001"
 SERVER = "34020000002000000001"
@@ -113,7 +113,9 @@ async def test_register_with_digest_and_alarm_delivered(
             what="a keep-alive",
         )
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.http_port}") as http:
-            health = (await http.get("/healthz")).json()["police_sinks"]["gb28181"]
+            health = (await http.get("/api/health", headers=ADMIN_AUTH)).json()["police_sinks"][
+                "gb28181"
+            ]
         assert health["state"] == "registered" and health["ok"] is True
 
 
@@ -172,7 +174,9 @@ async def test_registration_refused(
         await wait_for(lambda: _is(gw, ev.id, "delivery_failed"))
         assert await job_state(gw, ev.id, "gb28181") == "pending"  # kept, retried
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.http_port}") as http:
-            health = (await http.get("/healthz")).json()["police_sinks"]["gb28181"]
+            health = (await http.get("/api/health", headers=ADMIN_AUTH)).json()["police_sinks"][
+                "gb28181"
+            ]
         assert health["ok"] is False and health["state"] == "refused"
 
 

@@ -28,7 +28,7 @@ from sqlalchemy import select
 from contract import topics
 from contract.config import CampusAccount, GatewayConfig, RoutingRule, parse_config
 from contract.models import AlarmStatus, Event
-from gateway.relay import webhook_doc as doc
+from drivers.webhook import doc
 from gateway.relay.base import Delivery
 from gateway.relay.routing import RoutedSink
 from gateway.service import run_gateway
@@ -40,6 +40,8 @@ from tests.helpers import Mosquitto, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "webhook-shared-secret-0123456789"
+ADMIN = "admin-token-0123456789abcdef"
+ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN}"}
 CAMPUS_B = "campus-b"
 
 
@@ -67,6 +69,7 @@ def config_with(
         )
     for i, extra in enumerate(more_campuses):
         data["campuses"].append({"id": extra, "name": extra, "account": f"{7000 + i}"})
+    data["api_tokens"] = [{"user": "admin", "role": "admin", "campuses": ["*"], "token": ADMIN}]
     data.update(sections)
     return parse_config(data, GatewayConfig, "test")
 
@@ -132,7 +135,7 @@ async def test_500_then_200_delivered_exactly_once(
             assert found[0].police_path == "webhook"
             assert await job_state(gw, ev.id, "webhook") == "done"
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.http_port}") as http:
-                health = (await http.get("/healthz")).json()
+                health = (await http.get("/api/health", headers=ADMIN_AUTH)).json()
             sink = health["police_sinks"]["webhook"]
             assert sink["ok"] is True and sink["delivered"] == 1 and sink["retried"] == 2
 
@@ -269,7 +272,7 @@ async def test_inbound_status_moves_the_alarm_and_reaches_the_campus(
             r = await rx.post_status(ev.id, "on_scene", "officers at the south gate")
             assert r.status_code == 200
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.http_port}") as http:
-                detail = (await http.get(f"/api/alarms/{ev.id}")).json()
+                detail = (await http.get(f"/api/alarms/{ev.id}", headers=ADMIN_AUTH)).json()
                 assert detail["state"] == "on_scene"
                 assert [s["state"] for s in detail["timeline"]] == [
                     "received",
@@ -301,7 +304,8 @@ async def test_inbound_status_moves_the_alarm_and_reaches_the_campus(
                 unsigned = await http.post(url, content=body)
                 assert unsigned.status_code == 401
                 assert await state_of(gw, ev.id) == "closed"
-                inbound = (await http.get("/healthz")).json()["police_sinks"]["webhook"]["inbound"]
+                health = (await http.get("/api/health", headers=ADMIN_AUTH)).json()
+                inbound = health["police_sinks"]["webhook"]["inbound"]
                 assert inbound["bad_signature"] == 1
                 assert inbound["stale"] == 1
                 assert inbound["replayed"] == 1

@@ -115,3 +115,20 @@ def test_union_is_sorted_disjoint_and_covers_the_same_time(
     for s, e in clipped:
         assert any(us <= s and e <= ue for us, ue in u)
     assert reports.seconds(u) <= sum(reports.seconds([c]) for c in clipped) + 1e-6
+
+
+def test_tests_and_missed_tests_are_never_counted_as_alarms() -> None:
+    """Periodic tests, self-tests and a missed periodic test have alarm records (for their
+    police answer, for the technician) but the commission's page counts real alarms only."""
+    start = datetime(2026, 10, 1, tzinfo=UTC)
+    end = datetime(2026, 11, 1, tzinfo=UTC)
+    at = start + timedelta(days=3)
+    agg = reports.aggregate("c", [], 0.99)
+
+    def alarm(kind: str) -> reports.AlarmInput:
+        return reports.AlarmInput(kind, False, False, at, at + timedelta(seconds=1), None, "closed")
+
+    comp = reports.compliance(
+        "c", start, end, agg, [alarm("test"), alarm("test_missed"), alarm("panic")]
+    )
+    assert comp.alarms == 1 and comp.alarms_to_police == 1

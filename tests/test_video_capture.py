@@ -192,11 +192,40 @@ def test_credentials_go_into_the_stream_uri() -> None:
     assert with_credentials("rtsp://u:v@h/x", "admin", "pw") == "rtsp://u:v@h/x"
 
 
-def test_wrong_credentials() -> None:
-    pytest.skip(
-        "simulators/rtsp.py (GStreamer's RTSP server) serves without authentication: a wrong "
-        "password cannot be refused there; it shows as 'cannot open the stream' like any refusal"
-    )
+async def test_wrong_credentials_are_named_and_the_right_ones_play() -> None:
+    """The stream asks for Digest credentials, as a camera does. OpenCV only says it cannot
+    open; the capture thread then asks the camera itself, so the technician reads *why*."""
+    s = await stream(username="admin", password="right-pw")
+    try:
+        for url, expect in (
+            (with_credentials(s.url, "admin", "wrong-pw"), "wrong user name or password"),
+            (s.url, "needs a user name and password"),
+            (with_credentials(s.url.replace("/cam", "/nope"), "admin", "right-pw"), "404"),
+        ):
+            sink = RecordingSink()
+            mon = VideoMonitor("cam-x", video_cfg(), cast(EventSink, sink), _const(url))
+            task = asyncio.create_task(mon.run())
+            try:
+                await until(
+                    lambda sink=sink: sink.kinds() == [("video_loss", False)], 15, "video loss"
+                )
+                error = str(mon.points()["video_error"])
+                assert expect in error, error
+                assert "wrong-pw" not in error and "right-pw" not in error  # never the password
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        sink = RecordingSink()
+        good = with_credentials(s.url, "admin", "right-pw")
+        mon = VideoMonitor("cam-x", video_cfg(), cast(EventSink, sink), _const(good))
+        task = asyncio.create_task(mon.run())
+        try:
+            await until(lambda: mon.points()["video"] == "ok", 20, "the stream plays")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    finally:
+        await s.stop()
 
 
 def _const(url: str) -> Callable[[], Any]:

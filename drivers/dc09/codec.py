@@ -572,12 +572,17 @@ def parse_sia_dcs(data: str) -> SiaEvent:
     m = _SIA_RE.fullmatch(data)
     if m is None:
         raise FrameFormatError(f"not SIA DC-03 data: {data!r}")
+    try:
+        partition = int(m["part"]) if m["part"] else None
+        user = int(m["user"]) if m["user"] else None
+    except ValueError:  # more digits than int() converts (4300)
+        raise FrameFormatError(f"absurd number in SIA DC-03 data: {data[:60]!r}...") from None
     return SiaEvent(
         account=m["acct"].upper(),
         code=m["code"],
         zone=m["zone"],
-        partition=int(m["part"]) if m["part"] else None,
-        user=int(m["user"]) if m["user"] else None,
+        partition=partition,
+        user=user,
         extra=m["rest"],
     )
 

@@ -2,8 +2,10 @@
 
 The sender speaks for the campus the way an alarm panel (a DC-09 "transmitter") does:
 
-* one frame per TCP write, and the reply is awaited before the next frame on that path
-  (some receivers treat each read as one frame) -- a lock per path enforces it;
+* one frame per TCP write, and the reply is awaited before the next frame on that connection
+  (some receivers treat each read as one frame) -- each connection is checked out of its path's
+  small pool (``connections``) for one exchange at a time, so up to ``connections`` messages
+  of different callers are in flight on a path at once; a connection found dead is replaced;
 * a retransmission keeps its sequence number; new messages take 0001..9999, wrapping to 0001;
 * a NAK carrying the receiver's time re-syncs the clock offset of that path and the frame is
   resent with a corrected timestamp, a bounded number of times;
@@ -19,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -96,6 +98,13 @@ class SenderConfig(BaseModel):
     )
     max_nak_resyncs: int = Field(
         2, ge=0, le=10, description="Re-sends with a corrected timestamp per path."
+    )
+    connections: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Connections (TCP) or sockets (UDP) per path: up to this many messages "
+        "in flight on a path at once, one exchange at a time on each. Opened when needed.",
     )
     primary_retry_after: float = Field(
         30.0,
@@ -304,12 +313,23 @@ class _UdpLink:
 class _Path:
     name: str
     cfg: PathConfig
-    link: _Link
-    lock: asyncio.Lock
+    links: list[_Link]
+    idle: asyncio.LifoQueue[_Link]
+    """Connections free for an exchange; LIFO keeps the recently used (open) ones busy and
+    leaves the rest unopened under a light load."""
     ok: bool = True  # assumed healthy until a failure is seen: only transitions are reported
     failed_at: float = 0.0
     last_tx: float = 0.0
     offset: float = 0.0
+
+    @contextlib.asynccontextmanager
+    async def checkout(self) -> AsyncIterator[_Link]:
+        """One connection of the path, for this caller's exchanges only."""
+        link = await self.idle.get()
+        try:
+            yield link
+        finally:
+            self.idle.put_nowait(link)
 
 
 @dataclass(slots=True)
@@ -353,12 +373,16 @@ class DC09Sender:
         for name, pcfg in (("primary", config.primary), ("backup", config.backup)):
             if pcfg is None:
                 continue
-            link: _Link
-            if pcfg.transport == "tcp":
-                link = _TcpLink(pcfg, config.key, config.connect_timeout)
-            else:
-                link = _UdpLink(pcfg, config.key)
-            self._paths[name] = _Path(name, pcfg, link, asyncio.Lock())
+            links: list[_Link] = []
+            for _ in range(config.connections):
+                if pcfg.transport == "tcp":
+                    links.append(_TcpLink(pcfg, config.key, config.connect_timeout))
+                else:
+                    links.append(_UdpLink(pcfg, config.key))
+            idle: asyncio.LifoQueue[_Link] = asyncio.LifoQueue()
+            for link in reversed(links):
+                idle.put_nowait(link)
+            self._paths[name] = _Path(name, pcfg, links, idle)
 
     async def __aenter__(self) -> Self:
         """Start supervision (when configured)."""
@@ -386,7 +410,8 @@ class DC09Sender:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for path in self._paths.values():
-            await path.link.close()
+            for link in path.links:
+                await link.close()
 
     @property
     def path_health(self) -> dict[str, bool]:
@@ -470,8 +495,8 @@ class DC09Sender:
         sent = 0
         result: DeliveryResult | None = None
         for path in self._order():
-            async with path.lock:
-                outcome = await self._exchange(path, template, self._cfg.attempts)
+            async with path.checkout() as link:
+                outcome = await self._exchange(path, link, template, self._cfg.attempts)
             sent += outcome.sent
             result = DeliveryResult(
                 accepted=outcome.kind is ReplyKind.ACK,
@@ -506,8 +531,8 @@ class DC09Sender:
         if account is None:
             raise ValueError("supervision_account is not configured")
         p = self._paths[path]
-        async with p.lock:
-            seq, outcome = await self._null(p, account)
+        async with p.checkout() as link:
+            seq, outcome = await self._null(p, link, account)
         return DeliveryResult(
             accepted=outcome.kind is ReplyKind.ACK,
             reply=outcome.kind,
@@ -519,13 +544,14 @@ class DC09Sender:
             clock_offset=p.offset,
         )
 
-    async def _null(self, path: _Path, account: str) -> tuple[int, _Outcome]:
+    async def _null(self, path: _Path, link: _Link, account: str) -> tuple[int, _Outcome]:
         template = replace(self.build_frame(account, "", token=NULL), seq=self._next_seq())
         # A link test gets one transmission: a missing ACK is, by definition, a path fault.
-        return template.seq, await self._exchange(path, template, 1)
+        return template.seq, await self._exchange(path, link, template, 1)
 
-    async def _exchange(self, path: _Path, template: Frame, attempts: int) -> _Outcome:
-        """Transmit ``template`` on ``path`` until a reply or ``attempts``; lock held."""
+    async def _exchange(self, path: _Path, link: _Link, template: Frame, attempts: int) -> _Outcome:
+        """Transmit ``template`` over ``link`` (checked out of ``path``) until a reply or
+        ``attempts``."""
         key = self._cfg.key
         sent = 0
         naks = 0
@@ -539,17 +565,17 @@ class DC09Sender:
             started = time.monotonic()
             sent += 1
             try:
-                reply = await path.link.exchange(raw, frame.seq, self._cfg.ack_timeout)
+                reply = await link.exchange(raw, frame.seq, self._cfg.ack_timeout)
             except TimeoutError:
                 kind, reason = ReplyKind.TIMEOUT, f"no reply within {self._cfg.ack_timeout:g}s"
                 _LOG.debug("%s: seq %04d try %d: %s", path.name, frame.seq, tries, reason)
                 # A half-open TCP connection also looks like this: start afresh next time.
-                await path.link.close()
+                await link.close()
                 continue
             except OSError as exc:
                 kind, reason = ReplyKind.UNREACHABLE, f"{type(exc).__name__}: {exc}"
                 _LOG.debug("%s: seq %04d try %d: %s", path.name, frame.seq, tries, reason)
-                await path.link.close()
+                await link.close()
                 continue
             finally:
                 path.last_tx = time.monotonic()
@@ -610,10 +636,10 @@ class DC09Sender:
                 await asyncio.sleep(delay)
                 continue
             try:
-                async with path.lock:
-                    # A message may have gone out while we waited for the lock.
+                async with path.checkout() as link:
+                    # A message may have gone out while we waited for the connection.
                     if time.monotonic() - path.last_tx >= interval:
-                        await self._null(path, account)
+                        await self._null(path, link, account)
             except Exception:
                 # The loop boundary: a bug must not stop supervision for good.
                 _LOG.exception("supervision of path %s failed", path.name)

@@ -311,6 +311,9 @@ def create_app(svc: ConsoleService) -> FastAPI:
         if acked:
             await svc.guard_action(rec, "acknowledged", s.user, note, None)
         await svc.guard_action(rec, "closed", s.user, note, disposition)
+        # Closing a latched panic is its reset: only now does the alarm end (audited).
+        if await svc.rt.sink.reset(rec.event, s.user) is not None:
+            await svc.audit(s.user, address(request), "alarm_reset", alarm_id)
         await svc.alarm_frame(rec)
         await svc.recount()
         return JSONResponse({"ok": True})

@@ -1,71 +1,14 @@
-"""The live feed: one queue per open browser tab, fed by the console service.
-
-A message is rendered once per language in use (the pages are server-rendered HTML fragments,
-so escaping is Jinja's, never the script's) and handed to every tab as one SSE frame.
-"""
+"""The guard console's live feed (the shared SSE hub, rendering with the console's texts)."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
-
 from edge.console.i18n import Translator
+from webkit import hub
+from webkit.hub import Subscriber
 
-log = logging.getLogger(__name__)
-
-QUEUE_LIMIT = 500
-"""Frames held for a slow tab; past this the tab is dropped and its page reloads (it gets the
-whole state again), rather than the edge holding memory for a dead browser."""
-
-Frame = str | None  # None: the stream ends (shutdown, or the tab fell behind)
-Render = Callable[[Translator], dict[str, Any]]
+__all__ = ["Hub", "Subscriber"]
 
 
-@dataclass(eq=False)
-class Subscriber:
-    language: str
-    queue: asyncio.Queue[Frame] = field(default_factory=lambda: asyncio.Queue(QUEUE_LIMIT + 1))
-    dropped: bool = False
-
-
-class Hub:
+class Hub(hub.Hub[Translator]):
     def __init__(self) -> None:
-        self._subs: set[Subscriber] = set()
-        self.closed = False
-
-    def subscribe(self, language: str) -> Subscriber:
-        sub = Subscriber(language)
-        self._subs.add(sub)
-        return sub
-
-    def unsubscribe(self, sub: Subscriber) -> None:
-        self._subs.discard(sub)
-
-    @property
-    def count(self) -> int:
-        return len(self._subs)
-
-    def publish(self, render: Render) -> None:
-        rendered: dict[str, str] = {}
-        for sub in list(self._subs):
-            frame = rendered.get(sub.language)
-            if frame is None:
-                frame = f"data: {json.dumps(render(Translator(sub.language)))}\n\n"
-                rendered[sub.language] = frame
-            if sub.queue.qsize() >= QUEUE_LIMIT:
-                log.warning("a console tab fell behind; it will reload")
-                sub.dropped = True
-                self._subs.discard(sub)
-                sub.queue.put_nowait(None)
-                continue
-            sub.queue.put_nowait(frame)
-
-    def close(self) -> None:
-        self.closed = True
-        for sub in list(self._subs):
-            sub.queue.put_nowait(None)
-        self._subs.clear()
+        super().__init__(Translator)

@@ -6,11 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
-import math
-import struct
-import wave
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +21,7 @@ from edge.console.auth import Accounts
 from edge.console.hub import Hub
 from edge.console.i18n import Translator
 from edge.console.store import DISPOSITIONS, AlarmRecord, ConsoleStore
+from webkit import sound
 
 if TYPE_CHECKING:
     from edge.daemon import EdgeRuntime
@@ -48,21 +45,9 @@ BOARD_LIMIT = 50
 _TEMPLATES = Path(__file__).parent / "templates"
 
 
-def beep_wav(freq: float = 880.0, on: float = 0.25, off: float = 0.35, rate: int = 16000) -> bytes:
-    """A short two-tone beep and a pause, for ``<audio loop>``: made here, no file to ship."""
-    frames = bytearray()
-    for i in range(int(on * rate)):
-        f = freq if i < on * rate / 2 else freq * 1.25
-        env = min(1.0, i / 200, (on * rate - i) / 200)  # no clicks at the edges
-        frames += struct.pack("<h", int(0.6 * 32767 * env * math.sin(2 * math.pi * f * i / rate)))
-    frames += b"\x00\x00" * int(off * rate)
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(bytes(frames))
-    return buf.getvalue()
+def beep_wav() -> bytes:
+    """This console's beep (see :func:`webkit.sound.beep_wav`)."""
+    return sound.beep_wav(880.0, 1.25, 0.25, 0.35)
 
 
 @dataclass(frozen=True)

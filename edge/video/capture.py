@@ -26,6 +26,7 @@ from typing import cast
 
 import cv2
 
+from drivers.rtsp.probe import why_not
 from edge.video.analysis import Change, Image, StreamHealth, TamperDetector, downscale
 from edge.video.parking import ParkingChange, ParkingDetector
 
@@ -175,7 +176,12 @@ class StreamReader:
                 if not cap.isOpened():
                     self._failures += 1
                     self.health.open_failures += 1
-                    self._set_state(False, f"cannot open the stream ({redact(url)})")
+                    # OpenCV does not say why; ask the camera (wrong password, no such path).
+                    why = why_not(url) if url.lower().startswith("rtsp") else ""
+                    self._set_state(
+                        False,
+                        f"cannot open the stream ({redact(url)})" + (f": {why}" if why else ""),
+                    )
                     self._sleep(gen, self.backoff_s())
                     continue
                 fps = cap.get(cv2.CAP_PROP_FPS)

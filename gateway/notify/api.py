@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import HTMLResponse
 
+from gateway.api.auth import Principal, require
+from gateway.api.common import IdPath
 from gateway.store.repo import aware
 
 if TYPE_CHECKING:
@@ -17,8 +19,10 @@ if TYPE_CHECKING:
 def add_routes(app: FastAPI, rt: GatewayRuntime) -> None:
     """``GET /api/notify/ack/{token}`` and ``GET /api/notify/{alarm_id}``."""
 
-    @app.get("/api/notify/ack/{token}", response_class=HTMLResponse)
+    @app.get("/api/notify/ack/{token}", response_class=HTMLResponse, tags=["notify"])
     async def notify_ack(token: str) -> HTMLResponse:
+        """The link a recipient got: acknowledges the alarm for them (no login: the link's
+        random token is the credential)."""
         notifier = rt.notifier
         if notifier is None:
             raise HTTPException(404, "notifications are not configured")
@@ -32,11 +36,17 @@ def add_routes(app: FastAPI, rt: GatewayRuntime) -> None:
         )
         return HTMLResponse(page)
 
-    @app.get("/api/notify/{alarm_id}")
-    async def notify_jobs(alarm_id: str) -> list[dict[str, Any]]:
+    @app.get("/api/notify/{alarm_id}", tags=["notify"])
+    async def notify_jobs(
+        alarm_id: IdPath, who: Annotated[Principal, Depends(require("notify.read"))]
+    ) -> list[dict[str, Any]]:
+        """Who was told of an alarm, how, and who acknowledged it."""
         notifier = rt.notifier
         if notifier is None:
             raise HTTPException(404, "notifications are not configured")
+        found = await rt.store.alarm(alarm_id)
+        if found is None or not who.may_act_on(found[0].campus):
+            raise HTTPException(404, f"no alarm {alarm_id}")
         return [
             {
                 "id": r.id,

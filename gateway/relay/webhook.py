@@ -24,7 +24,7 @@ import httpx
 
 from contract.config import CampusAccount, HttpSinkConfig, WebhookConfig
 from contract.models import Event, utcnow
-from gateway.relay import webhook_doc as doc
+from drivers.webhook import doc
 from gateway.relay.base import Delivery
 from gateway.store.repo import Store
 

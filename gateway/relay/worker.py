@@ -18,10 +18,11 @@ import collections
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 
 from contract.aio import Service, cancel_and_wait, cancel_requested
 from contract.models import Event
-from gateway.relay.base import Sink
+from gateway.relay.base import Delivery, Sink
 from gateway.store.repo import ClaimedJob, Store
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,11 @@ class RelayWorker(Service):
         self.on_step: Callable[[], None] | None = None
         """Called after a step of an alarm's life was stored (to push it to the campus)."""
         self.on_delivered: Callable[[Event, str | None], Awaitable[None]] | None = None
-        """Called after the police acknowledged an alarm (latency telemetry)."""
+        """Called after the police acknowledged an alarm and that was stored (metrics); runs
+        after the delivery's slot is free again."""
+        self.on_police_received: Callable[[Event, str | None, datetime | None], None] | None = None
+        """Called with (event, path, the alarm's ``received_at``) once the police's
+        acknowledgement is stored (latency telemetry); must return at once."""
 
     def submit(self, job: ClaimedJob) -> None:
         """Hand over a job that ingest already claimed for this worker."""
@@ -110,11 +115,16 @@ class RelayWorker(Service):
                 async with self._slots:
                     self.in_flight += 1
                     try:
-                        await self._handle(job)
+                        delivered = await self._handle(job)
                     finally:
                         self.in_flight -= 1
                 if self.on_step is not None:
                     self.on_step()
+                if delivered is not None and self.on_delivered is not None:
+                    try:
+                        await self.on_delivered(job.event, delivered.path)
+                    except Exception:
+                        log.exception("recording the delivery of %s failed", job.alarm_id)
             except Exception:
                 # The job keeps its lease; when it runs out the scan picks it up again.
                 log.exception("relaying %s failed unexpectedly", job.alarm_id)
@@ -137,13 +147,22 @@ class RelayWorker(Service):
         except Exception:
             log.exception("relay queue scan failed; will retry")
 
-    async def _handle(self, job: ClaimedJob) -> None:
+    async def _handle(self, job: ClaimedJob) -> Delivery | None:
+        """Deliver one job and store the outcome; returns the delivery when the police has it."""
         seq = job.seq if job.seq is not None else await self.store.assign_seq(job)
         attempts = job.attempts + 1
         result = await self.sink.deliver(job.event, seq)
         ev = job.event
         if result.outcome == "delivered":
-            await self.store.finish_job(job, "done", attempts=attempts)
+            # The job's end and the alarm's "police_received" step: one transaction.
+            received = await self.store.finish_job(
+                job,
+                "done",
+                attempts=attempts,
+                alarm_state="police_received",
+                path=result.path,
+                note=result.detail,
+            )
             self.delivered += 1
             log.info(
                 "alarm %s (%s, campus %s) delivered to the police via %s in %.1f ms",
@@ -153,31 +172,41 @@ class RelayWorker(Service):
                 result.path,
                 result.rtt_ms or 0.0,
             )
-            await self.store.set_alarm_state(
-                ev.id, "police_received", path=result.path, note=result.detail
-            )
-            if self.on_delivered is not None:
+            if self.on_police_received is not None:
                 try:
-                    await self.on_delivered(ev, result.path)
+                    self.on_police_received(ev, result.path, received)
                 except Exception:
                     log.exception("recording the delivery of %s for telemetry failed", ev.id)
-        elif result.outcome == "rejected":
-            await self.store.finish_job(job, "rejected", attempts=attempts, error=result.detail)
+            return result
+        if result.outcome == "rejected":
+            await self.store.finish_job(
+                job,
+                "rejected",
+                attempts=attempts,
+                error=result.detail,
+                alarm_state="police_rejected",
+                note=result.detail,
+            )
             log.error(
                 "police platform %s refused alarm %s: %s", self.sink.name, ev.id, result.detail
             )
-            await self.store.set_alarm_state(ev.id, "police_rejected", note=result.detail)
-        else:
-            self.failed_attempts += 1
-            delay = min(30.0, 0.5 * 2 ** min(attempts, 6))
-            if result.retry_after is not None:
-                delay = max(delay, result.retry_after)  # the receiver asked us to wait
-            await self.store.retry_job(job, attempts=attempts, delay=delay, error=result.detail)
-            if attempts == 1:
-                log.error(
-                    "alarm %s could not reach the police via %s (%s); retrying until it does",
-                    ev.id,
-                    self.sink.name,
-                    result.detail,
-                )
-                await self.store.set_alarm_state(ev.id, "delivery_failed", note=result.detail)
+            return None
+        self.failed_attempts += 1
+        delay = min(30.0, 0.5 * 2 ** min(attempts, 6))
+        if result.retry_after is not None:
+            delay = max(delay, result.retry_after)  # the receiver asked us to wait
+        await self.store.retry_job(
+            job,
+            attempts=attempts,
+            delay=delay,
+            error=result.detail,
+            alarm_state="delivery_failed" if attempts == 1 else None,
+        )
+        if attempts == 1:
+            log.error(
+                "alarm %s could not reach the police via %s (%s); retrying until it does",
+                ev.id,
+                self.sink.name,
+                result.detail,
+            )
+        return None

@@ -41,7 +41,12 @@ def make_engine(url: str) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    # No pre-ping: it cost a round trip before every transaction, ~10 per alarm. A connection
+    # that died in the pool (PostgreSQL restarted, a proxy cut it) fails its first statement
+    # instead; SQLAlchemy then sees the disconnect and discards every pooled connection older
+    # than it, and the alarm path's store operations try once more on a fresh one
+    # (``repo._reconnecting``). Recycling after 30 min keeps clear of server / NAT idle cuts.
+    return create_async_engine(url, pool_size=10, max_overflow=10, pool_recycle=1800)
 
 
 async def migrate(engine: AsyncEngine) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, Index, Integer, String, Text, false
+from sqlalchemy import text as sql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -60,7 +61,19 @@ class AlarmRow(Base):
     guard_ack_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
-    __table_args__ = (Index("alarms_campus_received", "campus", "received_at"),)
+    __table_args__ = (
+        # Covering for a campus' newest alarm ids (the API merges one page per campus).
+        Index("ix_alarms_campus_received_id", "campus", "received_at", "id"),
+        Index("ix_alarms_received_at", "received_at"),
+        # The dispatch queue and "open alarms" filters: only the few open ones, newest first.
+        Index(
+            "ix_alarms_open",
+            "received_at",
+            sqlite_where=sql("closed_at IS NULL"),
+            postgresql_where=sql("closed_at IS NULL"),
+        ),
+        Index("ix_alarms_kind_received", "kind", "received_at"),
+    )
 
 
 class AlarmStep(Base):
@@ -179,6 +192,11 @@ class EvidenceRow(Base):
     sha256: Mapped[str | None] = mapped_column(String(64))
     path: Mapped[str | None] = mapped_column(String(300))
     error: Mapped[str | None] = mapped_column(Text)
+    # Alarm video clips (issue 13): the interval the video covers, its gaps, key point.
+    clip_start: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    clip_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    gaps: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    key_point: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class DeviceSeen(Base):
@@ -326,3 +344,73 @@ class NotificationRow(Base):
     escalated: Mapped[bool] = mapped_column(Boolean, default=False)
     acked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     errors: Mapped[str] = mapped_column(Text, default="")
+
+
+class UserRow(Base):
+    """A person who uses the central consoles or the API (issue 8); the password only as an
+    argon2id hash. ``campuses`` is a list of campus ids, ``["*"]`` for all."""
+
+    __tablename__ = "users"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    display: Mapped[str] = mapped_column(String(128), default="")
+    role: Mapped[str] = mapped_column(String(32))
+    campuses: Mapped[list[str]] = mapped_column(JSON)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SessionRow(Base):
+    """A console login. Only the SHA-256 of the cookie is stored: a copy of the database does
+    not let anyone in. Revoked (logout, password change, user disabled) at once for every
+    gateway, since every request looks its session up."""
+
+    __tablename__ = "sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user: Mapped[str] = mapped_column(String(64), index=True)
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    address: Mapped[str] = mapped_column(String(64), default="")
+
+
+class ApiTokenRow(Base):
+    """A bearer token for a machine client, acting as its user (with that user's role and
+    campuses). Only the SHA-256 is stored; the secret is shown once when it is made."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(26), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user: Mapped[str] = mapped_column(String(64), index=True)
+    label: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AuditRow(Base):
+    """Every login (good or bad), every action and every refusal, by whom and when."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_at", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    user: Mapped[str] = mapped_column(String(64), index=True)
+    role: Mapped[str] = mapped_column(String(32), default="")
+    action: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16))  # ok, denied, failed
+    campus: Mapped[str | None] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(200), default="")
+    address: Mapped[str] = mapped_column(String(64), default="")
+    detail: Mapped[str] = mapped_column(Text, default="")

@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
-from sqlalchemy import and_, delete, func, or_, select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy import Table, and_, delete, func, insert, or_, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from contract.models import DeviceStatus, EdgeState, Event
 from gateway.store.models import (
@@ -60,6 +62,52 @@ def _gets_alarm_record(event: Event) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class _Change:
+    """A device's online state changing (or first seen: ``before`` None) at ``ts``."""
+
+    campus: str
+    device: str
+    before: bool | None
+    online: bool
+    ts: datetime
+    cause: str
+
+
+_UPSERT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "device_status": ("online", "ts", "last_response", "latency_ms", "error", "points"),
+    "edge_state": ("online", "ts", "version", "reason"),
+}
+"""What a newer device or edge state replaces (``Store._newest_wins_upsert``)."""
+
+
+_T_EVENTS = cast(Table, EventRow.__table__)
+_T_ALARMS = cast(Table, AlarmRow.__table__)
+_T_STEPS = cast(Table, AlarmStep.__table__)
+_T_JOBS = cast(Table, RelayJob.__table__)
+_T_COUNTERS = cast(Table, RelayCounter.__table__)
+
+
+def _step_values(
+    alarm_id: str,
+    campus: str,
+    state: str,
+    ts: datetime,
+    path: str | None = None,
+    note: str = "",
+) -> dict[str, Any]:
+    """An alarm step's row for a Core insert (not yet published to the campus)."""
+    return {
+        "alarm_id": alarm_id,
+        "campus": campus,
+        "state": state,
+        "ts": ts,
+        "path": path,
+        "note": note,
+        "published": False,
+    }
+
+
+@dataclass(frozen=True, slots=True)
 class ClaimedJob:
     alarm_id: str
     sink: str
@@ -88,11 +136,46 @@ def _shielded(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[
     return wrapper
 
 
+def _reconnecting(
+    fn: Callable[P, Coroutine[Any, Any, R]],
+) -> Callable[P, Coroutine[Any, Any, R]]:
+    """Try a store operation once more when its connection turned out dead.
+
+    The pool does not ping before each transaction (``db.make_engine``): a connection that died
+    while pooled fails at its first statement, with ``connection_invalidated`` set; SQLAlchemy
+    has then dropped every older pooled connection, so the second try gets a fresh one. For the
+    operations of an alarm's way to the police, which must not fail for that.
+    """
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            log.warning("database connection lost (%s); trying %s again", exc.orig, fn.__name__)
+            return await fn(*args, **kwargs)
+
+    return wrapper
+
+
 class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.session = async_sessionmaker(engine, expire_on_commit=False)
         self._inflight: set[asyncio.Future[Any]] = set()
+        self._upsert_stmts: dict[str, Any] = {}
+        self.alarm_listeners: list[Callable[[str, str], None]] = []
+        """Called with (alarm id, new state) after each commit that creates an alarm or moves
+        it on (the consoles' live feed). A listener must return at once and never raise."""
+
+    def _alarm_changed(self, alarm_id: str, state: str) -> None:
+        for listener in list(self.alarm_listeners):
+            try:
+                listener(alarm_id, state)
+            except Exception:
+                log.exception("alarm listener failed for %s", alarm_id)
 
     async def drain(self) -> None:
         """Wait for operations whose callers were cancelled (call before disposing the engine)."""
@@ -102,6 +185,7 @@ class Store:
     # --- ingest ---------------------------------------------------------------------------
 
     @_shielded
+    @_reconnecting
     async def ingest_event(
         self, event: Event, relay_to: list[str], worker: str, lease: float = 30.0
     ) -> tuple[bool, list[ClaimedJob]]:
@@ -116,16 +200,22 @@ class Store:
         # created a row that did not exist yet (a sink's first sequence counter, issue 12):
         # then nothing of this event is stored and it must be tried again, or the alarm would
         # be acknowledged, receipted and lost.
+        # Core statements on one connection, no ORM unit of work: this is on every alarm's way to
+        # the police. ``INSERT ... ON CONFLICT DO NOTHING`` makes a repeat (the broker's
+        # redelivery, or another gateway storing the same event at the same moment: PostgreSQL
+        # waits for its transaction) a no-op that inserts nothing. The sink's sequence counter
+        # is taken last, so its row lock (shared by every gateway) is held only for the jobs'
+        # insert and the commit.
+        alarm = _gets_alarm_record(event) and not event.restore
         for _attempt in range(5):
             ts = now()
             jobs: list[ClaimedJob] = []
-            async with self.session() as s:
-                try:
-                    async with s.begin():
-                        if await s.get(EventRow, event.id) is not None:
-                            return False, []
-                        s.add(
-                            EventRow(
+            try:
+                async with self.engine.begin() as conn:
+                    stored = (
+                        await conn.execute(
+                            self._insert_ignore(EventRow)
+                            .values(
                                 id=event.id,
                                 campus=event.campus,
                                 edge=event.edge,
@@ -141,190 +231,289 @@ class Store:
                                 received_at=ts,
                                 payload=event.model_dump(mode="json"),
                             )
+                            .returning(_T_EVENTS.c.id)
                         )
-                        if _gets_alarm_record(event) and not event.restore:
-                            s.add(
-                                AlarmRow(
-                                    id=event.id,
-                                    campus=event.campus,
-                                    kind=event.kind,
-                                    severity=event.severity,
-                                    device=event.device,
-                                    point=event.point,
-                                    zone=event.zone,
-                                    location=event.location,
-                                    lat=event.geo.lat if event.geo else None,
-                                    lon=event.geo.lon if event.geo else None,
-                                    restore=event.restore,
-                                    drill=event.drill,
-                                    text=event.text,
-                                    edge_ts=event.ts,
-                                    received_at=ts,
-                                    state="received",
-                                )
+                    ).first()
+                    if stored is None:
+                        return False, []
+                    if alarm:
+                        await conn.execute(
+                            insert(_T_ALARMS).values(
+                                id=event.id,
+                                campus=event.campus,
+                                kind=event.kind,
+                                severity=event.severity,
+                                device=event.device,
+                                point=event.point,
+                                zone=event.zone,
+                                location=event.location,
+                                lat=event.geo.lat if event.geo else None,
+                                lon=event.geo.lon if event.geo else None,
+                                restore=event.restore,
+                                drill=event.drill,
+                                text=event.text,
+                                edge_ts=event.ts,
+                                received_at=ts,
+                                state="received",
+                                police_path=None,
+                                police_at=None,
+                                guard_ack_at=None,
+                                closed_at=None,
                             )
-                            s.add(self._step(event.id, event.campus, "received", ts))
-                        for sink in relay_to:
-                            seq = await self._next_seq(s, sink)
-                            s.add(
-                                RelayJob(
-                                    alarm_id=event.id,
-                                    sink=sink,
-                                    state="pending",
-                                    priority=0 if event.severity == "critical" else 1,
-                                    attempts=0,
-                                    seq=seq,
-                                    next_at=ts,
-                                    claimed_by=worker,
-                                    claimed_until=ts + timedelta(seconds=lease),
-                                    created_at=ts,
-                                )
+                        )
+                        await conn.execute(
+                            insert(_T_STEPS).values(
+                                _step_values(event.id, event.campus, "received", ts)
                             )
-                            jobs.append(ClaimedJob(event.id, sink, 0, seq, event))
-                except IntegrityError:
-                    pass
-                else:
-                    return True, jobs
-            async with self.session() as s:
-                if await s.get(EventRow, event.id) is not None:
+                        )
+                    rows: list[dict[str, Any]] = []
+                    for sink in relay_to:
+                        seq = await self._next_seq(conn, sink)
+                        rows.append(
+                            {
+                                "alarm_id": event.id,
+                                "sink": sink,
+                                "state": "pending",
+                                "priority": 0 if event.severity == "critical" else 1,
+                                "attempts": 0,
+                                "seq": seq,
+                                "next_at": ts,
+                                "claimed_by": worker,
+                                "claimed_until": ts + timedelta(seconds=lease),
+                                "last_error": None,
+                                "created_at": ts,
+                            }
+                        )
+                        jobs.append(ClaimedJob(event.id, sink, 0, seq, event))
+                    if rows:
+                        await conn.execute(insert(_T_JOBS), rows)
+            except IntegrityError:
+                pass
+            else:
+                if _gets_alarm_record(event):
+                    self._alarm_changed(event.id, "received")
+                return True, jobs
+            async with self.engine.connect() as conn:
+                found = await conn.execute(select(_T_EVENTS.c.id).where(_T_EVENTS.c.id == event.id))
+                if found.first() is not None:
                     return False, []
             log.warning("storing event %s collided with another gateway; trying again", event.id)
         raise RuntimeError(f"event {event.id}: could not be stored after 5 attempts")
 
-    @staticmethod
-    async def _next_seq(s: AsyncSession, sink: str, modulo: int = 9999) -> int:
-        counter = await s.get(RelayCounter, sink, with_for_update=True)
-        if counter is None:
-            counter = RelayCounter(sink=sink, value=0)
-            s.add(counter)
-        counter.value = counter.value % modulo + 1
-        return counter.value
+    async def _next_seq(self, conn: AsyncConnection, sink: str, modulo: int = 9999) -> int:
+        """The sink's next sequence number (1..modulo, wrapping), unique per sink across all
+        gateways: the counter row stays locked until the caller's transaction ends."""
+        t = _T_COUNTERS
+        bump = (
+            update(t)
+            .where(t.c.sink == sink)
+            .values(value=t.c.value % modulo + 1)
+            .returning(t.c.value)
+        )
+        value = (await conn.execute(bump)).scalar_one_or_none()
+        if value is None:  # the sink's first job ever (two gateways: one inserts, both bump)
+            await conn.execute(self._insert_ignore(RelayCounter).values(sink=sink, value=0))
+            value = (await conn.execute(bump)).scalar_one()
+        return int(value)
+
+    def _insert_ignore(self, model: type[Any]) -> Any:
+        """``INSERT ... ON CONFLICT (primary key) DO NOTHING`` (PostgreSQL and SQLite)."""
+        table = cast(Table, model.__table__)
+        ins = (pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert)(table)
+        return ins.on_conflict_do_nothing(index_elements=list(table.primary_key.columns))
 
     @staticmethod
-    def _step(
+    async def _move_alarm(
+        conn: AsyncConnection,
         alarm_id: str,
-        campus: str,
         state: str,
         ts: datetime,
         path: str | None = None,
         note: str = "",
-    ) -> AlarmStep:
-        return AlarmStep(
-            alarm_id=alarm_id,
-            campus=campus,
-            state=state,
-            ts=ts,
-            path=path,
-            note=note,
-            published=False,
+    ) -> tuple[bool, datetime | None]:
+        """Move an alarm on and add the step (Core, in the caller's transaction). Returns
+        whether it has an alarm record, and the alarm's ``received_at``."""
+        values: dict[str, Any] = {"state": state}
+        if state in ("police_received", "police_rejected"):
+            values.update(police_path=path, police_at=ts)
+        if state == "guard_acknowledged":
+            values["guard_ack_at"] = ts
+        if state == "closed":
+            values["closed_at"] = ts
+        t = _T_ALARMS
+        row = (
+            await conn.execute(
+                update(t)
+                .where(t.c.id == alarm_id)
+                .values(**values)
+                .returning(t.c.campus, t.c.received_at)
+            )
+        ).first()
+        if row is None:
+            return False, None
+        await conn.execute(
+            insert(_T_STEPS).values(_step_values(alarm_id, row.campus, state, ts, path, note))
         )
+        return True, aware(row.received_at)
 
     @_shielded
+    @_reconnecting
     async def set_alarm_state(
         self, alarm_id: str, state: str, *, path: str | None = None, note: str = ""
     ) -> bool:
         """Move an alarm on and add the step to its timeline (sent back to the campus)."""
-        ts = now()
-        async with self.session() as s, s.begin():
-            alarm = await s.get(AlarmRow, alarm_id)
-            if alarm is None:
-                return False
-            if state in ("police_received", "police_rejected"):
-                alarm.police_path = path
-                alarm.police_at = ts
-            if state == "guard_acknowledged":
-                alarm.guard_ack_at = ts
-            if state == "closed":
-                alarm.closed_at = ts
-            alarm.state = state
-            s.add(self._step(alarm_id, alarm.campus, state, ts, path, note))
-        return True
+        async with self.engine.begin() as conn:
+            found, _received = await self._move_alarm(conn, alarm_id, state, now(), path, note)
+        if found:
+            self._alarm_changed(alarm_id, state)
+        return found
 
     @_shielded
     async def upsert_device_status(self, st: DeviceStatus) -> None:
+        await self._device_statuses([st])
+
+    @_shielded
+    async def upsert_device_statuses(self, statuses: Sequence[DeviceStatus]) -> int:
+        """Store many device statuses in ONE transaction, exactly as if stored one after
+        another in the given order: per device the newest (by ``ts``) wins, an older one arriving
+        late changes nothing, and every online/offline change on the way keeps the outage record.
+        Returns how many were applied (not older than what was there)."""
+        return await self._device_statuses(statuses)
+
+    async def _device_statuses(self, statuses: Sequence[DeviceStatus]) -> int:
+        if not statuses:
+            return 0
+        R = DeviceStatusRow
+        keys = sorted({(st.campus, st.device) for st in statuses})
+        applied = 0
         async with self.session() as s, s.begin():
-            row = await s.get(DeviceStatusRow, (st.campus, st.device))
-            if row is not None and aware(row.ts) is not None and aware(row.ts) > st.ts:  # type: ignore[operator]
-                return  # an older retained message arriving late
-            values: dict[str, Any] = {
-                "online": st.online,
-                "ts": st.ts,
-                "last_response": st.last_response,
-                "latency_ms": st.latency_ms,
-                "error": st.error,
-                "points": dict(st.points),
-            }
-            before = None if row is None else row.online
-            if row is None:
-                s.add(DeviceStatusRow(campus=st.campus, device=st.device, **values))
-            else:
-                for k, v in values.items():
-                    setattr(row, k, v)
-            await self._availability(
-                s, st.campus, st.device, "device", before, st.online, st.ts, st.error or ""
+            # What is there now: one SELECT per 500 devices, no ORM objects.
+            known: dict[tuple[str, str], tuple[bool, datetime]] = {}
+            for i in range(0, len(keys), 500):
+                q = select(R.campus, R.device, R.online, R.ts).where(
+                    tuple_(R.campus, R.device).in_(keys[i : i + 500])
+                )
+                for campus, device, online, ts in await s.execute(q):
+                    known[(campus, device)] = (online, aware(ts) or ts)
+            final: dict[tuple[str, str], dict[str, Any]] = {}
+            changes: list[_Change] = []
+            for st in statuses:
+                key = (st.campus, st.device)
+                ts = st.ts.astimezone(UTC)
+                cur = known.get(key)
+                if cur is not None and cur[1] > ts:
+                    continue  # an older retained message arriving late
+                before = None if cur is None else cur[0]
+                if before != st.online:  # first seen, or a change: the outage record follows
+                    changes.append(
+                        _Change(st.campus, st.device, before, st.online, ts, st.error or "")
+                    )
+                known[key] = (st.online, ts)
+                final[key] = {
+                    "campus": st.campus,
+                    "device": st.device,
+                    "online": st.online,
+                    "ts": ts,
+                    "last_response": st.last_response,
+                    "latency_ms": st.latency_ms,
+                    "error": st.error,
+                    "points": dict(st.points),
+                }
+                applied += 1
+            if changes:
+                await self._availability_many(s, "device", changes)
+            if final:
+                # One statement, compiled once, executed for every row (executemany).
+                await s.execute(self._newest_wins_upsert(R), list(final.values()))
+        return applied
+
+    def _newest_wins_upsert(self, model: type[DeviceStatusRow] | type[EdgeStateRow]) -> Any:
+        """``INSERT ... ON CONFLICT DO UPDATE`` of a device's or an edge's state (PostgreSQL and
+        SQLite), built once per table: the row is only replaced by a state at least as new (two
+        gateways racing)."""
+        stmt = self._upsert_stmts.get(model.__tablename__)
+        if stmt is None:
+            table = cast(Table, model.__table__)
+            ins = (pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert)(table)
+            stmt = ins.on_conflict_do_update(
+                index_elements=list(table.primary_key.columns),
+                set_={c: ins.excluded[c] for c in _UPSERT_COLUMNS[model.__tablename__]},
+                where=table.c.ts <= ins.excluded.ts,
             )
+            self._upsert_stmts[model.__tablename__] = stmt
+        return stmt
+
+    async def _availability_many(self, s: AsyncSession, kind: str, changes: list[_Change]) -> None:
+        """Keep the availability records in step with status changes, in order, in the
+        caller's transaction: devices (or edges) seen for the first time are recorded, an
+        outage opens when one goes offline (unless one is open) and every open one closes when
+        it comes back. Two or three statements whatever the number of changes."""
+        first = {(c.campus, c.device): c.ts for c in changes if c.before is None}
+        if first:
+            ins = (pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert)(
+                DeviceSeen
+            )
+            await s.execute(
+                ins.on_conflict_do_nothing(index_elements=[DeviceSeen.campus, DeviceSeen.device]),
+                [
+                    {"campus": c, "device": d, "kind": kind, "first_seen": ts}
+                    for (c, d), ts in first.items()
+                ],
+            )
+        keys = sorted({(c.campus, c.device) for c in changes})
+        open_rows: dict[tuple[str, str], list[OutageRow]] = {k: [] for k in keys}
+        for i in range(0, len(keys), 500):
+            q = select(OutageRow).where(
+                tuple_(OutageRow.campus, OutageRow.device).in_(keys[i : i + 500]),
+                OutageRow.end.is_(None),
+            )
+            for o in (await s.execute(q)).scalars():
+                open_rows[(o.campus, o.device)].append(o)
+        for c in changes:
+            rows = open_rows[(c.campus, c.device)]
+            if not c.online and not rows:
+                o = OutageRow(
+                    campus=c.campus, device=c.device, kind=kind, start=c.ts, cause=c.cause[:500]
+                )
+                s.add(o)
+                rows.append(o)
+            elif c.online:
+                for o in rows:
+                    start = aware(o.start)
+                    o.end = c.ts if start is None or c.ts >= start else start
+                rows.clear()
 
     @_shielded
     async def upsert_edge_state(self, st: EdgeState) -> bool | None:
-        """Store the edge's state; returns what it was before (None if never seen)."""
+        """Store the edge's state; returns what it was before (None if never seen). A state
+        older than the stored one changes nothing. Core statements, no ORM objects: a
+        district's 500 retained edge states all come when a gateway starts."""
+        E = EdgeStateRow
+        ts = st.ts.astimezone(UTC)
         async with self.session() as s, s.begin():
-            row = await s.get(EdgeStateRow, (st.campus, st.edge))
-            before = None if row is None else row.online
-            if row is not None and (ts := aware(row.ts)) is not None and ts > st.ts:
+            q = select(E.online, E.ts).where(E.campus == st.campus, E.edge == st.edge)
+            found = (await s.execute(q)).first()
+            before = None if found is None else bool(found[0])
+            if found is not None and (aware(found[1]) or found[1]) > ts:
                 return before  # older than what we have
-            if row is None:
-                s.add(
-                    EdgeStateRow(
-                        campus=st.campus,
-                        edge=st.edge,
-                        online=st.online,
-                        ts=st.ts,
-                        version=st.version,
-                        reason=st.reason,
-                    )
-                )
-            else:
-                row.online, row.ts, row.version, row.reason = (
-                    st.online,
-                    st.ts,
-                    st.version,
-                    st.reason,
-                )
-            await self._availability(
-                s, st.campus, st.edge, "edge", before, st.online, st.ts, st.reason or "offline"
-            )
+            if before != st.online:  # first seen, or a change: the outage record follows
+                change = _Change(st.campus, st.edge, before, st.online, ts, st.reason or "offline")
+                await self._availability_many(s, "edge", [change])
+            row = {
+                "campus": st.campus,
+                "edge": st.edge,
+                "online": st.online,
+                "ts": ts,
+                "version": st.version,
+                "reason": st.reason,
+            }
+            await s.execute(self._newest_wins_upsert(E), [row])
         return before
-
-    @staticmethod
-    async def _availability(
-        s: AsyncSession,
-        campus: str,
-        device: str,
-        kind: str,
-        before: bool | None,
-        online: bool,
-        ts: datetime,
-        cause: str,
-    ) -> None:
-        """Keep the outage record in step with a status change (same transaction)."""
-        if before is None and await s.get(DeviceSeen, (campus, device)) is None:
-            s.add(DeviceSeen(campus=campus, device=device, kind=kind, first_seen=ts))
-        if online == before:
-            return
-        open_q = select(OutageRow).where(
-            OutageRow.campus == campus, OutageRow.device == device, OutageRow.end.is_(None)
-        )
-        open_rows = list((await s.execute(open_q)).scalars())
-        if not online and not open_rows:
-            s.add(OutageRow(campus=campus, device=device, kind=kind, start=ts, cause=cause[:500]))
-        elif online:
-            for o in open_rows:
-                start = aware(o.start)
-                o.end = ts if start is None or ts >= start else start
 
     # --- relay queue ----------------------------------------------------------------------
 
     @_shielded
+    @_reconnecting
     async def claim_jobs(
         self, sink: str, worker: str, limit: int = 10, lease: float = 30.0
     ) -> list[ClaimedJob]:
@@ -377,6 +566,7 @@ class Store:
         return out
 
     @_shielded
+    @_reconnecting
     async def release_claims(self, worker: str) -> int:
         """At start: jobs this worker held when it died are free again at once (no lease wait)."""
         async with self.session() as s, s.begin():
@@ -388,23 +578,37 @@ class Store:
             return int(res.rowcount)  # type: ignore[attr-defined]
 
     @_shielded
+    @_reconnecting
     async def assign_seq(self, job: ClaimedJob, modulo: int = 9999) -> int:
         """Fix the job's protocol sequence number before its first send (see RelayJob)."""
         async with self.session() as s, s.begin():
             row = await s.get(RelayJob, (job.alarm_id, job.sink))
             assert row is not None
             if row.seq is None:
-                row.seq = await self._next_seq(s, job.sink, modulo)
+                row.seq = await self._next_seq(await s.connection(), job.sink, modulo)
             return row.seq
 
     @_shielded
+    @_reconnecting
     async def finish_job(
-        self, job: ClaimedJob, state: str, *, attempts: int, error: str | None = None
-    ) -> None:
-        async with self.session() as s, s.begin():
-            await s.execute(
-                update(RelayJob)
-                .where(RelayJob.alarm_id == job.alarm_id, RelayJob.sink == job.sink)
+        self,
+        job: ClaimedJob,
+        state: str,
+        *,
+        attempts: int,
+        error: str | None = None,
+        alarm_state: str | None = None,
+        path: str | None = None,
+        note: str = "",
+    ) -> datetime | None:
+        """End a job; with ``alarm_state`` the alarm moves on (and gets its step) in the same
+        transaction. Returns the alarm's ``received_at`` (None without an alarm record)."""
+        ts = now()
+        t = _T_JOBS
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(t)
+                .where(t.c.alarm_id == job.alarm_id, t.c.sink == job.sink)
                 .values(
                     state=state,
                     attempts=attempts,
@@ -413,21 +617,47 @@ class Store:
                     claimed_until=None,
                 )
             )
+            found, received = False, None
+            if alarm_state is not None:
+                found, received = await self._move_alarm(
+                    conn, job.alarm_id, alarm_state, ts, path, note
+                )
+        if found and alarm_state is not None:
+            self._alarm_changed(job.alarm_id, alarm_state)
+        return received
 
     @_shielded
-    async def retry_job(self, job: ClaimedJob, *, attempts: int, delay: float, error: str) -> None:
-        async with self.session() as s, s.begin():
-            await s.execute(
-                update(RelayJob)
-                .where(RelayJob.alarm_id == job.alarm_id, RelayJob.sink == job.sink)
+    @_reconnecting
+    async def retry_job(
+        self,
+        job: ClaimedJob,
+        *,
+        attempts: int,
+        delay: float,
+        error: str,
+        alarm_state: str | None = None,
+    ) -> None:
+        """Give the job back for another try after ``delay``; with ``alarm_state`` the alarm
+        moves on (note: ``error``) in the same transaction."""
+        ts = now()
+        t = _T_JOBS
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(t)
+                .where(t.c.alarm_id == job.alarm_id, t.c.sink == job.sink)
                 .values(
                     attempts=attempts,
                     last_error=error,
-                    next_at=now() + timedelta(seconds=delay),
+                    next_at=ts + timedelta(seconds=delay),
                     claimed_by=None,
                     claimed_until=None,
                 )
             )
+            found = False
+            if alarm_state is not None:
+                found, _ = await self._move_alarm(conn, job.alarm_id, alarm_state, ts, note=error)
+        if found and alarm_state is not None:
+            self._alarm_changed(job.alarm_id, alarm_state)
 
     @_shielded
     async def pending_jobs(self) -> int:
@@ -440,6 +670,7 @@ class Store:
     # --- downlink to campuses -------------------------------------------------------------
 
     @_shielded
+    @_reconnecting
     async def unpublished_steps(self, limit: int = 100) -> list[AlarmStep]:
         async with self.session() as s:
             rows = (
@@ -453,6 +684,7 @@ class Store:
             return list(rows)
 
     @_shielded
+    @_reconnecting
     async def mark_published(self, ids: list[int]) -> None:
         if not ids:
             return
@@ -555,13 +787,16 @@ class Store:
     @_shielded
     async def expire_evidence(self, taken_before: datetime, limit: int = 1000) -> list[EvidenceRow]:
         """Remove up to ``limit`` records of pictures taken before the cutoff; the caller
-        deletes their files (a file left by a crash in between is swept by age)."""
+        deletes their files (a file left by a crash in between is swept by age). Clips have
+        their own retention (:meth:`expire_clips`)."""
         async with self.session() as s, s.begin():
             rows = list(
                 (
                     await s.execute(
                         select(EvidenceRow)
-                        .where(EvidenceRow.taken_at < taken_before)
+                        .where(
+                            EvidenceRow.taken_at < taken_before, EvidenceRow.clip_start.is_(None)
+                        )
                         .order_by(EvidenceRow.taken_at)
                         .limit(limit)
                     )
@@ -570,6 +805,82 @@ class Store:
             if rows:
                 await s.execute(delete(EvidenceRow).where(EvidenceRow.id.in_([r.id for r in rows])))
             return rows
+
+    @_shielded
+    async def expire_clips(
+        self, ordinary_before: datetime, key_point_before: datetime, limit: int = 1000
+    ) -> list[EvidenceRow]:
+        """Remove up to ``limit`` records of video clips past their retention (key points have
+        their own), never those of an alarm still open; the caller deletes the files."""
+        open_alarms = select(AlarmRow.id).where(AlarmRow.state != "closed")
+        async with self.session() as s, s.begin():
+            rows = list(
+                (
+                    await s.execute(
+                        select(EvidenceRow)
+                        .where(
+                            EvidenceRow.clip_start.is_not(None),
+                            or_(
+                                and_(
+                                    EvidenceRow.key_point.is_(False),
+                                    EvidenceRow.taken_at < ordinary_before,
+                                ),
+                                EvidenceRow.taken_at < key_point_before,
+                            ),
+                            EvidenceRow.event_id.not_in(open_alarms),
+                        )
+                        .order_by(EvidenceRow.taken_at)
+                        .limit(limit)
+                    )
+                ).scalars()
+            )
+            if rows:
+                await s.execute(delete(EvidenceRow).where(EvidenceRow.id.in_([r.id for r in rows])))
+            return rows
+
+    @_shielded
+    async def expire_records(
+        self, before: datetime, limit: int = 1000
+    ) -> tuple[int, int, list[EvidenceRow]]:
+        """Alarm and fault records past their retention: up to ``limit`` closed alarms received
+        before the cutoff (with their steps and evidence records) and up to ``limit`` events
+        before it; never an alarm still open nor its event. Returns (alarms, events, evidence
+        rows whose files the caller deletes)."""
+        async with self.session() as s, s.begin():
+            ids = list(
+                (
+                    await s.execute(
+                        select(AlarmRow.id)
+                        .where(AlarmRow.received_at < before, AlarmRow.state == "closed")
+                        .order_by(AlarmRow.received_at)
+                        .limit(limit)
+                    )
+                ).scalars()
+            )
+            gone: list[EvidenceRow] = []
+            if ids:
+                gone = list(
+                    (await s.execute(select(EvidenceRow).where(EvidenceRow.event_id.in_(ids))))
+                    .scalars()
+                    .all()
+                )
+                await s.execute(delete(EvidenceRow).where(EvidenceRow.event_id.in_(ids)))
+                await s.execute(delete(AlarmStep).where(AlarmStep.alarm_id.in_(ids)))
+                await s.execute(delete(AlarmRow).where(AlarmRow.id.in_(ids)))
+            open_alarms = select(AlarmRow.id).where(AlarmRow.state != "closed")
+            events = list(
+                (
+                    await s.execute(
+                        select(EventRow.id)
+                        .where(EventRow.received_at < before, EventRow.id.not_in(open_alarms))
+                        .order_by(EventRow.received_at)
+                        .limit(limit)
+                    )
+                ).scalars()
+            )
+            if events:
+                await s.execute(delete(EventRow).where(EventRow.id.in_(events)))
+            return len(ids), len(events), gone
 
     # --- uptime -----------------------------------------------------------------------------
 
@@ -642,9 +953,12 @@ class Store:
     # --- embedded telemetry -------------------------------------------------------------------
 
     @_shielded
-    async def add_telemetry(self, rows: list[TelemetryRow]) -> None:
-        async with self.session() as s, s.begin():
-            s.add_all(rows)
+    async def add_telemetry(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Samples as ``telemetry`` rows (column -> value; no id): one Core bulk insert."""
+        if not rows:
+            return
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(cast(Table, TelemetryRow.__table__)), list(rows))
 
     @_shielded
     async def telemetry(

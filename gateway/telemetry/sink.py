@@ -17,7 +17,6 @@ from typing import Protocol
 
 from contract.models import Event
 from contract.telemetry import TelemetryBatch
-from gateway.store.models import TelemetryRow
 from gateway.store.repo import Store, now
 from gateway.telemetry.points import Point
 from gateway.telemetry.writer import TelemetryWriter
@@ -95,15 +94,15 @@ class EmbeddedSink:
     async def submit(self, batch: TelemetryBatch) -> int:
         await self.store.add_telemetry(
             [
-                TelemetryRow(
-                    ts=batch.ts,
-                    campus=batch.campus,
-                    edge=batch.edge,
-                    device=s.device,
-                    point=s.point,
-                    kind=s.kind,
-                    fields=dict(s.fields),
-                )
+                {
+                    "ts": batch.ts,
+                    "campus": batch.campus,
+                    "edge": batch.edge,
+                    "device": s.device,
+                    "point": s.point,
+                    "kind": s.kind,
+                    "fields": dict(s.fields),
+                }
                 for s in batch.samples
             ]
         )

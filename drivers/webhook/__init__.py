@@ -1,0 +1,1 @@
+"""The police webhook: its JSON alarm document, signatures and answer rules (pure)."""
