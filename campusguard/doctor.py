@@ -994,7 +994,7 @@ async def check_http_sink(sink: str, url: str, wait: float) -> Check:
 
 
 def _smtp_probe(cfg: SmtpConfig, timeout: float) -> str:
-    context = ssl.create_default_context()
+    context = cfg.tls_context()
     smtp: smtplib.SMTP
     if cfg.security == "tls":
         smtp = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=timeout, context=context)

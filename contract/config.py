@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import ssl
 import types
 import typing
 from datetime import datetime
@@ -1495,9 +1496,16 @@ class SmtpConfig(Strict):
     password_file: Path | None = None
     sender: str = Field(description="From: address")
     timeout: float = Field(10.0, gt=0, le=120, description="seconds per message")
+    ca_file: Path | None = Field(
+        None, description="CA certificate(s) of the mail server; none = the system's"
+    )
 
     def secret(self) -> str:
         return _read_secret(self.password, self.password_file)
+
+    def tls_context(self) -> ssl.SSLContext:
+        """Verifying the server's certificate and host name, against ``ca_file`` if given."""
+        return ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
 
 
 class SmsGatewayConfig(Strict):

@@ -470,7 +470,8 @@ class ClipRecorder:
         }
         self._kinds = set(cfg.clips.kinds)
         self._tasks: set[asyncio.Task[None]] = set()
-        self.results: list[ClipResult] = []
+        self.results: deque[ClipResult] = deque(maxlen=1000)
+        """The latest clips made (for tests, the bench and a look at a running edge)."""
         self.stats = _Stats()
         self.listeners: list[Callable[[ClipResult], None]] = []
 

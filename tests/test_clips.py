@@ -214,6 +214,24 @@ async def test_an_alarm_gets_a_clip_from_every_covering_camera_and_the_police_se
         shown = await http.get(src.replace("&amp;", "&"))
         assert shown.status_code == 200 and shown.headers["content-type"] == "video/mp4"
         assert 'http-equiv="refresh"' not in page.text  # would stop the video
+        # The dispatch console plays them too (a session, not a token).
+        from gateway.store.accounts import AccountStore
+        from webkit.passwords import hash_password
+
+        await AccountStore(gw.store.engine).create_user(
+            "disp", "dispatcher", ["*"], hash_password("dispatch-pw-1")
+        )
+        origin = f"http://127.0.0.1:{gw.http_port}"
+        r = await http.post(
+            "/api/auth/login",
+            json={"user": "disp", "password": "dispatch-pw-1"},
+            headers={"Origin": origin},
+        )
+        assert r.status_code == 200, r.text
+        card = await http.get(f"/dispatch/alarms/{alarm_id}")
+        assert card.status_code == 200 and card.text.count("<video") == 2, card.text[:500]
+        clip = await http.get(f"/dispatch/evidence/{videos[0]['id']}")
+        assert clip.status_code == 200 and clip.headers["content-type"] == "video/mp4"
         # The edge let go of every chunk only on the gateway's receipts.
         await wait_for(lambda: edge.outbox.depth == 0, timeout=20, what="outbox drained")
 

@@ -150,6 +150,14 @@ async def test_principal_gets_the_mail_with_what_where_and_links(
             assert [(j["recipient"], j["state"], j["via"]) for j in done] == [
                 ("principal", "sent", "email")
             ]
+            # The alarm's own record says who was told, and how.
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.http_port}") as http:
+                r = await http.get(
+                    f"/api/alarms/{alarm_id}", headers={"Authorization": f"Bearer {ADMIN}"}
+                )
+            [told] = r.json()["notified"]
+            assert (told["recipient"], told["state"], told["via"]) == ("principal", "sent", "email")
+            assert told["sent_at"] and told["acked_at"] is None
             # A restore and a drill are not alarms to tell people of.
             await alarm(gw, restore=True, severity="info")
             await alarm(gw, drill=True)
@@ -246,3 +254,81 @@ async def test_escalation_unless_acknowledged(mosquitto: Mosquitto, tmp_path: Pa
             await asyncio.sleep(1.5)
             assert told("/l", a2) == [] and told("/l", a3) == []
             assert [j["acked_at"] is not None for j in await jobs(gw, a3)] == [True]
+
+
+async def test_mail_over_starttls_with_login_and_a_wrong_password_visible(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """What a district mail server asks: STARTTLS (its certificate checked against the CA in
+    ``ca_file``), then AUTH LOGIN; a wrong password is a failure the technician can read."""
+    import ssl
+    import subprocess
+    import sys
+
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    certs = tmp_path / "certs"
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "campusguard.cli", "certs", "generate"),
+            *("--out", str(certs), "--ip", "127.0.0.1", "--campus", CAMPUS),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(certs / "server.crt", certs / "server.key")
+
+    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
+        ok = isinstance(data, LoginPassword) and (data.login, data.password) == (
+            b"cg-mailer",
+            b"mail-secret-1",
+        )
+        return AuthResult(success=ok, handled=False)  # a failure answers 535
+
+    box = Mailbox()
+    ctl = Controller(
+        box,
+        hostname="127.0.0.1",
+        port=free_port(),
+        tls_context=tls,
+        require_starttls=True,
+        auth_required=True,
+        authenticator=authenticator,
+    )
+    ctl.start()
+    try:
+        smtp = {
+            "host": "127.0.0.1",
+            "port": ctl.port,
+            "security": "starttls",
+            "username": "cg-mailer",
+            "password": "mail-secret-1",
+            "ca_file": str(certs / "ca.crt"),
+            "sender": "cg@district.example",
+        }
+        people = [{"name": "lead", "channels": [{"type": "email", "to": "lead@school.example"}]}]
+        notify = {"smtp": smtp, "recipients": people}
+        async with run_gateway(gw_cfg(tmp_path, mosquitto.port, notify)) as gw:
+            await alarm(gw)
+            await wait_for(lambda: len(box.mails) == 1, timeout=10, what="mail over STARTTLS")
+            assert box.mails[0][0] == ["lead@school.example"]
+        wrong = {**notify, "smtp": {**smtp, "password": "not-the-password"}}
+        async with run_gateway(gw_cfg(tmp_path / "b", mosquitto.port, wrong)) as gw:
+            alarm_id = await alarm(gw)
+            found: list[dict[str, Any]] = []
+
+            async def failed() -> bool:
+                found[:] = await jobs(gw, alarm_id)
+                return bool(found and found[0]["errors"])
+
+            deadline = time.monotonic() + 10
+            while not await failed():
+                assert time.monotonic() < deadline, "no failure recorded"
+                await asyncio.sleep(0.1)
+            assert "535" in found[0]["errors"][0], found[0]["errors"]
+            assert "not-the-password" not in str(found)
+            assert len(box.mails) == 1
+    finally:
+        ctl.stop()

@@ -65,9 +65,22 @@ class EvidenceOut(BaseModel):
     )
 
 
+class NotifiedOut(BaseModel):
+    """One person told of the alarm (issue 13, part 4): how, and whether they acknowledged."""
+
+    recipient: str
+    state: str = Field(description="pending, sent or failed")
+    via: str | None = Field(description="the channel that reached them (email, sms, webhook)")
+    sent_at: datetime | None
+    acked_at: datetime | None
+
+
 class AlarmDetail(AlarmOut):
     timeline: list[StepOut]
     evidence: list[EvidenceOut]
+    notified: list[NotifiedOut] = Field(
+        default_factory=list, description="school leaders told (when notify is configured)"
+    )
     verification_url: str | None = Field(
         None, description="the signed link the police got (x-data V), when one is configured"
     )
@@ -161,6 +174,16 @@ def router(rt: GatewayRuntime) -> APIRouter:
             for e in await rt.store.evidence_for(alarm_id)
         ]
         out["verification_url"] = rt.vault.link_for(row.id, aware(row.edge_ts))
+        out["notified"] = [
+            {
+                "recipient": j.recipient,
+                "state": j.state,
+                "via": j.via,
+                "sent_at": aware(j.sent_at),
+                "acked_at": aware(j.acked_at),
+            }
+            for j in (await rt.notifier.jobs(alarm_id) if rt.notifier is not None else [])
+        ]
         return out
 
     @api.post("/api/police/webhook/status", tags=["police"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import smtplib
-import ssl
 from dataclasses import dataclass
 from email.message import EmailMessage
 from urllib.parse import quote
@@ -83,7 +82,7 @@ def _send_mail_blocking(cfg: SmtpConfig, to: str, msg: Message) -> None:
     mail["To"] = to
     mail["Subject"] = msg.subject
     mail.set_content(msg.text())
-    context = ssl.create_default_context()
+    context = cfg.tls_context()
     smtp: smtplib.SMTP
     if cfg.security == "tls":
         smtp = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=cfg.timeout, context=context)

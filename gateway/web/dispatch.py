@@ -444,7 +444,7 @@ def add_routes(app: FastAPI, rt: GatewayRuntime, web: Web) -> None:
 
     @app.get("/dispatch/evidence/{evidence_id}", include_in_schema=False)
     async def evidence(evidence_id: str, request: Request) -> FileResponse:
-        """An alarm's snapshot for the console (the session, not a bearer token)."""
+        """An alarm's snapshot or clip for the console (the session, not a bearer token)."""
         who = await web.viewer(request, *ROLES)
         if not who.holds("evidence.read") or who.role not in rt.cfg.evidence.roles:
             raise HTTPException(403, f"role {who.role} may not see alarm pictures")
@@ -460,7 +460,7 @@ def add_routes(app: FastAPI, rt: GatewayRuntime, web: Web) -> None:
         log.info("picture %s of alarm %s shown to %s", evidence_id, row.event_id, who.user)
         return FileResponse(
             path,
-            media_type="image/jpeg",
+            media_type=row.content_type or "image/jpeg",  # a clip: video/mp4 (issue 13)
             headers={**SECURITY_HEADERS, "Cache-Control": "private, no-store"},
         )
 
