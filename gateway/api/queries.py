@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeVar
 
-from sqlalchemy import ColumnElement, and_, or_, select, union_all
+from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.store.models import (
@@ -61,9 +61,9 @@ async def alarm_page(
     the cursor of the next page (None: this is the last).
 
     ``every_campus``: ``f.campuses`` are all there are, no need to filter by them (a walk down
-    the received_at index). Otherwise each campus walks its (campus, received_at) index for
-    one page and the pages are merged: one sort of all the alarms of many campuses would take
-    most of a second with 100k alarms stored.
+    the received_at index). Otherwise the (campus, received_at, id) index gives the page's ids
+    without reading the table, and only those rows are read: one sort of the whole rows of
+    many campuses would take most of a second with 100k alarms stored.
     """
 
     async def q(s: AsyncSession) -> tuple[list[AlarmRow], str | None]:
@@ -102,20 +102,13 @@ async def alarm_page(
             if not every_campus:
                 query = query.where(AlarmRow.campus == f.campuses[0])
         else:
-            # Each campus' newest ids straight from its (campus, received_at, id) index, the
-            # best of them picked without touching the table, and only those rows read.
-            pages = [
-                select(AlarmRow.received_at, AlarmRow.id)
-                .where(AlarmRow.campus == c, *conds)
-                .order_by(*newest)
-                .limit(limit + 1)
-                .subquery()
-                for c in f.campuses
-            ]
-            merged = union_all(*(select(p.c.received_at, p.c.id) for p in pages)).subquery()
+            # The newest ids of these campuses from the covering (campus, received_at, id)
+            # index alone, then only those rows read (2.7 ms for 20 of 500 campuses with 100k
+            # alarms on SQLite, against 7 ms for a union of one page per campus).
             top = (
-                select(merged.c.id)
-                .order_by(merged.c.received_at.desc(), merged.c.id.desc())
+                select(AlarmRow.id)
+                .where(AlarmRow.campus.in_(f.campuses), *conds)
+                .order_by(*newest)
                 .limit(limit + 1)
             )
             query = select(AlarmRow).where(AlarmRow.id.in_(top))

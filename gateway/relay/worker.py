@@ -23,7 +23,7 @@ from datetime import datetime
 from contract.aio import Service, cancel_and_wait, cancel_requested
 from contract.models import Event
 from gateway.relay.base import Delivery, Sink
-from gateway.store.repo import ClaimedJob, Store
+from gateway.store.repo import ClaimedJob, JobEnd, Store
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,8 @@ class RelayWorker(Service):
         self._lane_tasks: dict[str, asyncio.Task[None]] = {}
         self._held: set[str] = set()
         """Alarm ids queued in a lane or being delivered (never queued twice)."""
+        self._ends: list[tuple[JobEnd, asyncio.Future[datetime | None]]] = []
+        self._finisher: asyncio.Task[None] | None = None
         self.in_flight = 0
         self.delivered = 0
         self.failed_attempts = 0
@@ -76,6 +78,8 @@ class RelayWorker(Service):
             await self._dispatch_loop()
         finally:
             await cancel_and_wait(list(self._lane_tasks.values()))
+            if self._finisher is not None:
+                await cancel_and_wait([self._finisher])
 
     async def _dispatch_loop(self) -> None:
         last_scan = -SCAN_INTERVAL
@@ -154,14 +158,10 @@ class RelayWorker(Service):
         result = await self.sink.deliver(job.event, seq)
         ev = job.event
         if result.outcome == "delivered":
-            # The job's end and the alarm's "police_received" step: one transaction.
-            received = await self.store.finish_job(
-                job,
-                "done",
-                attempts=attempts,
-                alarm_state="police_received",
-                path=result.path,
-                note=result.detail,
+            # The job's end and the alarm's "police_received" step: one transaction, shared
+            # with the other deliveries that ended meanwhile.
+            received = await self._finish(
+                JobEnd(job, "done", attempts, None, "police_received", result.path, result.detail)
             )
             self.delivered += 1
             log.info(
@@ -179,13 +179,10 @@ class RelayWorker(Service):
                     log.exception("recording the delivery of %s for telemetry failed", ev.id)
             return result
         if result.outcome == "rejected":
-            await self.store.finish_job(
-                job,
-                "rejected",
-                attempts=attempts,
-                error=result.detail,
-                alarm_state="police_rejected",
-                note=result.detail,
+            await self._finish(
+                JobEnd(
+                    job, "rejected", attempts, result.detail, "police_rejected", None, result.detail
+                )
             )
             log.error(
                 "police platform %s refused alarm %s: %s", self.sink.name, ev.id, result.detail
@@ -210,3 +207,41 @@ class RelayWorker(Service):
                 result.detail,
             )
         return None
+
+    async def _finish(self, end: JobEnd) -> datetime | None:
+        """Store a job's end; returns the alarm's ``received_at``.
+
+        Group commit: the ends that come in while one transaction is being written go together
+        in the next one, so a burst of acknowledgements costs a few transactions, not one each,
+        and a lone one is written at once.
+        """
+        done: asyncio.Future[datetime | None] = asyncio.get_running_loop().create_future()
+        self._ends.append((end, done))
+        if self._finisher is None or self._finisher.done():
+            self._finisher = asyncio.create_task(
+                self._write_ends(), name=f"relay-{self.sink.name}-finish"
+            )
+        return await done
+
+    async def _write_ends(self) -> None:
+        while self._ends:
+            batch, self._ends = self._ends, []
+            try:
+                received = await self.store.finish_jobs([end for end, _ in batch])
+            except BaseException as exc:
+                # The lanes see it: their jobs keep their leases and go again after them.
+                for _, done in batch:
+                    if not done.done():
+                        if isinstance(exc, asyncio.CancelledError):
+                            done.cancel()
+                        else:
+                            done.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    for _, done in self._ends:
+                        done.cancel()
+                    self._ends = []
+                    raise
+            else:
+                for (_, done), at in zip(batch, received, strict=True):
+                    if not done.done():
+                        done.set_result(at)

@@ -5,12 +5,25 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar, cast
 
-from sqlalchemy import Table, and_, delete, func, insert, or_, select, tuple_, update
+from sqlalchemy import (
+    Table,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -80,6 +93,9 @@ _UPSERT_COLUMNS: dict[str, tuple[str, ...]] = {
 """What a newer device or edge state replaces (``Store._newest_wins_upsert``)."""
 
 
+SEQ_MODULO = 9999
+"""Protocol sequence numbers of the relay jobs: 1..9999, then 1 again (DC-09)."""
+_SINK_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _T_EVENTS = cast(Table, EventRow.__table__)
 _T_ALARMS = cast(Table, AlarmRow.__table__)
 _T_STEPS = cast(Table, AlarmStep.__table__)
@@ -114,6 +130,27 @@ class ClaimedJob:
     attempts: int
     seq: int | None
     event: Event
+
+
+JOB_END_ALARM_STATES = ("police_received", "police_rejected")
+
+
+@dataclass(frozen=True, slots=True)
+class JobEnd:
+    """How a relay job ended (``Store.finish_jobs``): ``state`` done or rejected; with
+    ``alarm_state`` (police_received or police_rejected) the alarm moves on too."""
+
+    job: ClaimedJob
+    state: str
+    attempts: int
+    error: str | None = None
+    alarm_state: str | None = None
+    path: str | None = None
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if self.alarm_state is not None and self.alarm_state not in JOB_END_ALARM_STATES:
+            raise ValueError(f"a job's end moves an alarm to {JOB_END_ALARM_STATES} only")
 
 
 def _shielded(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
@@ -166,6 +203,7 @@ class Store:
         self.session = async_sessionmaker(engine, expire_on_commit=False)
         self._inflight: set[asyncio.Future[Any]] = set()
         self._upsert_stmts: dict[str, Any] = {}
+        self._sequences: set[str] = set()
         self.alarm_listeners: list[Callable[[str, str], None]] = []
         """Called with (alarm id, new state) after each commit that creates an alarm or moves
         it on (the consoles' live feed). A listener must return at once and never raise."""
@@ -302,7 +340,19 @@ class Store:
 
     async def _next_seq(self, conn: AsyncConnection, sink: str, modulo: int = 9999) -> int:
         """The sink's next sequence number (1..modulo, wrapping), unique per sink across all
-        gateways: the counter row stays locked until the caller's transaction ends."""
+        gateways.
+
+        PostgreSQL: a database sequence (``relay_seq_<sink>``), which never waits for another
+        transaction; a counter row would stay locked until the caller's commit, and every
+        gateway's alarms would be stored one after the other behind it. A number taken by a
+        transaction that then rolls back is skipped (DC-09 receivers do not need them without
+        gaps, only never reused within their duplicate window). SQLite (one writer anyway): the
+        ``relay_counters`` row.
+        """
+        if self.engine.dialect.name == "postgresql" and modulo == SEQ_MODULO:
+            name = await self._sequence(sink)
+            if name is not None:
+                return int((await conn.execute(text(f"SELECT nextval('{name}')"))).scalar_one())
         t = _T_COUNTERS
         bump = (
             update(t)
@@ -315,6 +365,36 @@ class Store:
             await conn.execute(self._insert_ignore(RelayCounter).values(sink=sink, value=0))
             value = (await conn.execute(bump)).scalar_one()
         return int(value)
+
+    async def _sequence(self, sink: str) -> str | None:
+        """The PostgreSQL sequence of ``sink``'s numbers, created on first use (continuing from
+        its ``relay_counters`` row, so that no recent number comes again); None for a sink name
+        that cannot be part of an identifier."""
+        name = f"relay_seq_{sink}"
+        if name in self._sequences:
+            return name
+        if not _SINK_NAME.fullmatch(sink):
+            return None
+        async with self.engine.begin() as conn:
+            # One creator at a time across all gateways; the others find it made.
+            await conn.execute(text("SELECT pg_advisory_xact_lock(738201901)"))
+            found = await conn.execute(
+                text("SELECT 1 FROM pg_class WHERE relkind = 'S' AND relname = :n"), {"n": name}
+            )
+            if found.first() is None:
+                last = (
+                    await conn.execute(
+                        select(_T_COUNTERS.c.value).where(_T_COUNTERS.c.sink == sink)
+                    )
+                ).scalar_one_or_none()
+                await conn.execute(
+                    text(
+                        f"CREATE SEQUENCE {name} MINVALUE 1 MAXVALUE {SEQ_MODULO} CYCLE "
+                        f"START WITH {(last or 0) % SEQ_MODULO + 1}"
+                    )
+                )
+        self._sequences.add(name)
+        return name
 
     def _insert_ignore(self, model: type[Any]) -> Any:
         """``INSERT ... ON CONFLICT (primary key) DO NOTHING`` (PostgreSQL and SQLite)."""
@@ -588,8 +668,6 @@ class Store:
                 row.seq = await self._next_seq(await s.connection(), job.sink, modulo)
             return row.seq
 
-    @_shielded
-    @_reconnecting
     async def finish_job(
         self,
         job: ClaimedJob,
@@ -603,28 +681,93 @@ class Store:
     ) -> datetime | None:
         """End a job; with ``alarm_state`` the alarm moves on (and gets its step) in the same
         transaction. Returns the alarm's ``received_at`` (None without an alarm record)."""
+        [received] = await self.finish_jobs(
+            [JobEnd(job, state, attempts, error, alarm_state, path, note)]
+        )
+        return received
+
+    @_shielded
+    @_reconnecting
+    async def finish_jobs(self, ends: Sequence[JobEnd]) -> list[datetime | None]:
+        """End several jobs, and move their alarms on, in one transaction (a burst of alarms
+        acknowledged by the police: a handful of statements for all of them). Returns each
+        alarm's ``received_at``, in order (None without an alarm record)."""
+        if not ends:
+            return []
         ts = now()
-        t = _T_JOBS
+        jobs, alarms = _T_JOBS, _T_ALARMS
         async with self.engine.begin() as conn:
             await conn.execute(
-                update(t)
-                .where(t.c.alarm_id == job.alarm_id, t.c.sink == job.sink)
+                update(jobs)
+                .where(
+                    jobs.c.alarm_id == bindparam("b_alarm"),
+                    jobs.c.sink == bindparam("b_sink"),
+                )
                 .values(
-                    state=state,
-                    attempts=attempts,
-                    last_error=error,
+                    state=bindparam("b_state"),
+                    attempts=bindparam("b_attempts"),
+                    last_error=bindparam("b_error"),
                     claimed_by=None,
                     claimed_until=None,
-                )
+                ),
+                [
+                    {
+                        "b_alarm": e.job.alarm_id,
+                        "b_sink": e.job.sink,
+                        "b_state": e.state,
+                        "b_attempts": e.attempts,
+                        "b_error": e.error,
+                    }
+                    for e in ends
+                ],
             )
-            found, received = False, None
-            if alarm_state is not None:
-                found, received = await self._move_alarm(
-                    conn, job.alarm_id, alarm_state, ts, path, note
+            moving = [e for e in ends if e.alarm_state is not None]
+            found: dict[str, tuple[str, datetime | None]] = {}
+            if moving:
+                rows = await conn.execute(
+                    select(alarms.c.id, alarms.c.campus, alarms.c.received_at).where(
+                        alarms.c.id.in_({e.job.alarm_id for e in moving})
+                    )
                 )
-        if found and alarm_state is not None:
-            self._alarm_changed(job.alarm_id, alarm_state)
-        return received
+                found = {r.id: (r.campus, aware(r.received_at)) for r in rows}
+                moved = [e for e in moving if e.job.alarm_id in found]
+                if moved:
+                    await conn.execute(
+                        update(alarms)
+                        .where(alarms.c.id == bindparam("b_alarm"))
+                        .values(
+                            state=bindparam("b_state"),
+                            police_path=bindparam("b_path"),
+                            police_at=bindparam("b_at"),
+                        ),
+                        [
+                            {
+                                "b_alarm": e.job.alarm_id,
+                                "b_state": e.alarm_state,
+                                "b_path": e.path,
+                                "b_at": ts,
+                            }
+                            for e in moved
+                        ],
+                    )
+                    await conn.execute(
+                        insert(_T_STEPS),
+                        [
+                            _step_values(
+                                e.job.alarm_id,
+                                found[e.job.alarm_id][0],
+                                cast(str, e.alarm_state),
+                                ts,
+                                e.path,
+                                e.note,
+                            )
+                            for e in moved
+                        ],
+                    )
+        for e in ends:
+            if e.alarm_state is not None and e.job.alarm_id in found:
+                self._alarm_changed(e.job.alarm_id, e.alarm_state)
+        return [found.get(e.job.alarm_id, ("", None))[1] for e in ends]
 
     @_shielded
     @_reconnecting
