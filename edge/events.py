@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable
 
 from contract import topics
 from contract.config import EdgeConfig, ModbusDeviceConfig
 from contract.models import ALARM_KINDS, DetailValue, Event, EventKind, Geo, new_id, utcnow
 from edge.alarms import SEVERITY, describe
-from edge.outbox import PRIORITY_ALARM, PRIORITY_EVENT, Outbox
+from edge.outbox import PRIORITY_ALARM, PRIORITY_EVENT, Outbox, OutboxFullError
 
 log = logging.getLogger(__name__)
 
 Listener = Callable[[Event], None]
+
+FULL_RETRY_S = 0.5
+"""A full disk: how often an event that could not be stored is tried again."""
+FULL_LOG_EVERY_S = 10.0
 
 LATCH_KINDS: frozenset[str] = frozenset({"panic", "duress", "holdup"})
 """Alarms a person raises by hand: they latch until a guard resets them at the console."""
@@ -89,6 +95,48 @@ class EventSink:
             detail={"reset_by": user[:64], "alarm_id": alarm.id},
             _reset=True,
         )
+
+    async def _store(
+        self,
+        build: Callable[[int], tuple[str, bytes, Event]],
+        priority: int,
+        ident: str,
+        point_state: tuple[str, str] | None,
+        kind: str,
+    ) -> Event:
+        """Commit to the outbox; on a full disk hold the event here and try again until it is
+        stored (the device's reading that raised it is gone from the device: a latch cleared,
+        a camera event pulled), saying so loudly meanwhile."""
+        since: float | None = None
+        last_log = 0.0
+        while True:
+            try:
+                event = await self._outbox.add_sequenced(
+                    build, priority, receipt_key=ident, point_state=point_state
+                )
+            except OutboxFullError as exc:
+                now = time.monotonic()
+                if since is None:
+                    since = now
+                if now - last_log >= FULL_LOG_EVERY_S:
+                    last_log = now
+                    log.error(
+                        "%s %s held in memory for %.0f s, not yet on disk: %s; retrying",
+                        kind,
+                        ident,
+                        now - since,
+                        exc,
+                    )
+                await asyncio.sleep(FULL_RETRY_S)
+                continue
+            if since is not None:
+                log.warning(
+                    "%s %s stored after %.1f s held for a full disk",
+                    kind,
+                    ident,
+                    time.monotonic() - since,
+                )
+            return event
 
     def _place(
         self, device: ModbusDeviceConfig | None, zone: str | None, location: str
@@ -172,9 +220,7 @@ class EventSink:
             return topic, event.model_dump_json().encode(), event
 
         priority = PRIORITY_ALARM if kind in ALARM_KINDS else PRIORITY_EVENT
-        event = await self._outbox.add_sequenced(
-            build, priority, receipt_key=ident, point_state=point_state
-        )
+        event = await self._store(build, priority, ident, point_state, kind)
         if kind in LATCH_KINDS and latch_key in self._latching and not restore:
             self._latched[latch_key] = event
             await self._save_latches()

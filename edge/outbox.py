@@ -6,11 +6,20 @@ everything else. The per-edge sequence number is allocated in the same transacti
 sequence numbers are gapless and survive restarts.
 
 All SQLite work runs on one dedicated thread: the event loop never waits on an fsync.
+
+A full disk must not lose an alarm (tests/test_faults.py fills the edge's disk): the outbox keeps
+a reserve file of ``RESERVE_BYTES`` beside its database and gives the space back the moment an
+event cannot be stored for want of it, then stores the event. While the reserve is spent,
+telemetry and evidence are refused (the space is for events), and an event that still cannot be
+stored raises :class:`OutboxFullError`, which the caller holds on to and retries (edge/events.py).
+The reserve is made again once the disk has room.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -22,10 +31,17 @@ from typing import Self, TypeVar
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
 PRIORITY_ALARM = 0
 PRIORITY_EVENT = 1
 PRIORITY_EVIDENCE = 2
 PRIORITY_TELEMETRY = 3
+
+RESERVE_BYTES = 4 * 1024 * 1024
+"""Disk space the outbox holds in reserve for events (a few thousand alarms) when the disk fills."""
+RESERVE_RETRY_S = 5.0
+"""How often, while the reserve is spent, to check whether the disk has room to make it again."""
 
 BULK_BUDGET = 256 * 1024
 """Bytes of bulk messages (evidence, telemetry) handed out per batch: a picture queued on a slow
@@ -71,6 +87,18 @@ CREATE TABLE IF NOT EXISTS alarm_status (
 """
 
 
+class OutboxFullError(OSError):
+    """The disk is full (the reserve spent too): the message was not stored."""
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """SQLite could not write for want of space (SQLITE_FULL, or an I/O error on the write)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.OperationalError) and (
+        code is not None and (code & 0xFF) in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class EvidenceRecord:
     """A snapshot (or the reason for a missing one) the edge holds for an alarm."""
@@ -104,6 +132,10 @@ class Outbox:
         self._conn: sqlite3.Connection | None = None
         self.changed = asyncio.Event()
         self._depth = 0
+        self._reserve = path.with_name(path.name + ".reserve")
+        self.reserve_spent = False
+        """The reserve was given back to store events: the disk is (or was) full."""
+        self._reserve_checked = 0.0
 
     async def __aenter__(self) -> Self:
         self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,6 +156,58 @@ class Outbox:
         conn.executescript(_SCHEMA)
         self._conn = conn
         self._depth = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        self._make_reserve()
+
+    def _make_reserve(self) -> None:
+        """Hold ``RESERVE_BYTES`` in a file (real blocks, not a sparse file); on a disk that has
+        not that much room left, try again later."""
+        try:
+            if self._reserve.exists() and self._reserve.stat().st_size >= RESERVE_BYTES:
+                self.reserve_spent = False
+                return
+            st = os.statvfs(self._reserve.parent)
+            if st.f_bavail * st.f_frsize < 2 * RESERVE_BYTES:
+                self.reserve_spent = True
+                return
+            with self._reserve.open("wb") as f:
+                if hasattr(os, "posix_fallocate"):
+                    os.posix_fallocate(f.fileno(), 0, RESERVE_BYTES)  # blocks, even compressed
+                else:
+                    f.write(b"\0" * RESERVE_BYTES)
+                    f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            self._reserve.unlink(missing_ok=True)
+            self.reserve_spent = True
+            log.warning("could not set aside the outbox's disk reserve: %s", exc)
+            return
+        if self.reserve_spent:
+            log.warning("the edge's disk has room again: the outbox's reserve is set aside again")
+        self.reserve_spent = False
+
+    def _spend_reserve(self) -> bool:
+        """Give the reserve's space back so an event can be stored; False if none was left."""
+        if not self._reserve.exists():
+            return False
+        self._reserve.unlink()
+        self.reserve_spent = True
+        self._reserve_checked = time.monotonic()
+        log.critical(
+            "the edge's disk is full: gave back the outbox's %d MiB reserve to store events; "
+            "telemetry and evidence are refused until there is room again",
+            RESERVE_BYTES // (1024 * 1024),
+        )
+        return True
+
+    def _check_room(self) -> None:
+        """While the reserve is spent: refuse bulk writes, and make it again once there is room."""
+        if not self.reserve_spent:
+            return
+        if time.monotonic() - self._reserve_checked >= RESERVE_RETRY_S:
+            self._reserve_checked = time.monotonic()
+            self._make_reserve()
+        if self.reserve_spent:
+            raise OutboxFullError("the edge's disk is full: space is kept for events")
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -163,6 +247,24 @@ class Outbox:
         """
 
         def work() -> T:
+            try:
+                return attempt()
+            except sqlite3.OperationalError as exc:
+                if not _disk_full(exc):
+                    raise
+                if not self._spend_reserve():
+                    raise OutboxFullError(f"the edge's disk is full: {exc}") from exc
+            try:
+                return attempt()
+            except sqlite3.OperationalError as exc:
+                if not _disk_full(exc):
+                    raise
+                raise OutboxFullError(f"the edge's disk is full: {exc}") from exc
+
+        def attempt() -> T:
+            if self.reserve_spent and time.monotonic() - self._reserve_checked >= RESERVE_RETRY_S:
+                self._reserve_checked = time.monotonic()
+                self._make_reserve()
             db = self.db
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -187,7 +289,9 @@ class Outbox:
                     )
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                # A failed COMMIT (disk full) may have rolled back already.
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
             self._depth += 1
             return value
@@ -202,6 +306,7 @@ class Outbox:
         """Queue a message that needs no sequence number (telemetry)."""
 
         def work() -> None:
+            self._check_room()
             with self.db:
                 self.db.execute(
                     "INSERT INTO outbox(priority, topic, payload, retain, receipt_key, created) "
@@ -235,6 +340,7 @@ class Outbox:
         the gateway's receipt (keyed by the evidence id), like an event."""
 
         def work() -> None:
+            self._check_room()
             now = time.time()
             with self.db:
                 self.db.execute(

@@ -338,6 +338,12 @@ class Ingest:
         if not new:
             self.duplicates += 1
             log.debug("duplicate event %s ignored", event.id)
+            # A repeat after the first hand-over to the relay was cut short (the broker
+            # connection lost between the commit and the hand-over): its jobs would wait out
+            # their lease (30 s). Take them up now; a job already queued here is not doubled.
+            if relay_to:
+                for job in await self.store.reclaim_jobs(event, self.worker_id):
+                    self.dispatch(job)
             return
         for job in jobs:
             self.dispatch(job)

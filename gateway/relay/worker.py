@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -115,26 +116,35 @@ class RelayWorker(Service):
         lane = self._lanes[campus]
         while lane:
             job = lane[0]
+            retry_in: float | None = None
             try:
                 async with self._slots:
                     self.in_flight += 1
                     try:
-                        delivered = await self._handle(job)
+                        outcome = await self._handle(job)
                     finally:
                         self.in_flight -= 1
                 if self.on_step is not None:
                     self.on_step()
-                if delivered is not None and self.on_delivered is not None:
+                if isinstance(outcome, float):
+                    retry_in = outcome
+                elif outcome is not None and self.on_delivered is not None:
                     try:
-                        await self.on_delivered(job.event, delivered.path)
+                        await self.on_delivered(job.event, outcome.path)
                     except Exception:
                         log.exception("recording the delivery of %s failed", job.alarm_id)
             except Exception:
                 # The job keeps its lease; when it runs out the scan picks it up again.
                 log.exception("relaying %s failed unexpectedly", job.alarm_id)
-            finally:
-                lane.popleft()
-                self._held.discard(job.alarm_id)
+            if retry_in is not None:
+                # Not delivered: it stays first in its campus' lane (claimed by us) and the
+                # campus' later alarms wait behind it, so the police get them in order (an
+                # alarm's restore never before the alarm).
+                await asyncio.sleep(retry_in)
+                lane[0] = dataclasses.replace(job, attempts=job.attempts + 1)
+                continue
+            lane.popleft()
+            self._held.discard(job.alarm_id)
         self._lanes.pop(campus, None)
         self._lane_tasks.pop(campus, None)
 
@@ -151,8 +161,9 @@ class RelayWorker(Service):
         except Exception:
             log.exception("relay queue scan failed; will retry")
 
-    async def _handle(self, job: ClaimedJob) -> Delivery | None:
-        """Deliver one job and store the outcome; returns the delivery when the police has it."""
+    async def _handle(self, job: ClaimedJob) -> Delivery | float | None:
+        """Deliver one job and store the outcome; returns the delivery when the police has it,
+        the seconds until the next try when it failed (the job stays claimed), else None."""
         seq = job.seq if job.seq is not None else await self.store.assign_seq(job)
         attempts = job.attempts + 1
         result = await self.sink.deliver(job.event, seq)
@@ -198,6 +209,7 @@ class RelayWorker(Service):
             delay=delay,
             error=result.detail,
             alarm_state="delivery_failed" if attempts == 1 else None,
+            keep_for=self.lease,
         )
         if attempts == 1:
             log.error(
@@ -206,7 +218,7 @@ class RelayWorker(Service):
                 self.sink.name,
                 result.detail,
             )
-        return None
+        return float(delay)
 
     async def _finish(self, end: JobEnd) -> datetime | None:
         """Store a job's end; returns the alarm's ``received_at``.

@@ -647,6 +647,37 @@ class Store:
 
     @_shielded
     @_reconnecting
+    async def reclaim_jobs(
+        self, event: Event, worker: str, lease: float = 30.0
+    ) -> list[ClaimedJob]:
+        """The pending, due jobs of one alarm that nobody else holds (free, lapsed, or held by
+        ``worker`` itself), claimed for ``worker``: a repeat of an alarm whose first hand-over
+        to the relay was cut short (a lost broker connection between the commit and the
+        hand-over) is sent now, not after its lease runs out."""
+        ts = now()
+        t = _T_JOBS
+        async with self.engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    update(t)
+                    .where(
+                        t.c.alarm_id == event.id,
+                        t.c.state == "pending",
+                        t.c.next_at <= ts,
+                        or_(
+                            t.c.claimed_by == worker,
+                            t.c.claimed_until.is_(None),
+                            t.c.claimed_until < ts,
+                        ),
+                    )
+                    .values(claimed_by=worker, claimed_until=ts + timedelta(seconds=lease))
+                    .returning(t.c.sink, t.c.attempts, t.c.seq)
+                )
+            ).all()
+        return [ClaimedJob(event.id, r.sink, r.attempts, r.seq, event) for r in rows]
+
+    @_shielded
+    @_reconnecting
     async def release_claims(self, worker: str) -> int:
         """At start: jobs this worker held when it died are free again at once (no lease wait)."""
         async with self.session() as s, s.begin():
@@ -779,22 +810,26 @@ class Store:
         delay: float,
         error: str,
         alarm_state: str | None = None,
+        keep_for: float | None = None,
     ) -> None:
-        """Give the job back for another try after ``delay``; with ``alarm_state`` the alarm
-        moves on (note: ``error``) in the same transaction."""
+        """Record a failed try; the next one is due after ``delay``. With ``keep_for`` the
+        worker keeps its claim (through the delay and ``keep_for`` seconds more) and tries
+        again itself, so the campus' later alarms wait behind this one; without, the job is
+        given back. With ``alarm_state`` the alarm moves on (note: ``error``) in the same
+        transaction."""
         ts = now()
         t = _T_JOBS
+        due = ts + timedelta(seconds=delay)
+        claim: dict[str, Any] = (
+            {"claimed_until": due + timedelta(seconds=keep_for)}
+            if keep_for is not None
+            else {"claimed_by": None, "claimed_until": None}
+        )
         async with self.engine.begin() as conn:
             await conn.execute(
                 update(t)
                 .where(t.c.alarm_id == job.alarm_id, t.c.sink == job.sink)
-                .values(
-                    attempts=attempts,
-                    last_error=error,
-                    next_at=ts + timedelta(seconds=delay),
-                    claimed_by=None,
-                    claimed_until=None,
-                )
+                .values(attempts=attempts, last_error=error, next_at=due, **claim)
             )
             found = False
             if alarm_state is not None:
