@@ -43,6 +43,7 @@ from tests.test_evidence_e2e import (
     press,
     subscribed,
 )
+from webkit.passwords import hash_password
 
 PRE, POST = 4.0, 3.0
 READY_BUDGET = 5.0  # issue 13: clip ready <= post-time + 5 s
@@ -63,6 +64,10 @@ def ffprobe(path: Path) -> dict[str, Any]:
     ).stdout
     result: dict[str, Any] = json.loads(out)
     return result
+
+
+GUARD_PASSWORD = "booth-pw-1"
+GUARD_HASH = hash_password(GUARD_PASSWORD)
 
 
 def clip_cfg(tmp: Path, broker: int, cams: dict[str, CameraSimulator], **clips: Any) -> EdgeConfig:
@@ -91,6 +96,11 @@ def clip_cfg(tmp: Path, broker: int, cams: dict[str, CameraSimulator], **clips: 
                 cam("cam-hall", "hall", ["gate"]),
             ],
             "evidence": {"timeout": 2},
+            "console": {
+                "enabled": True,
+                "port": 0,
+                "users": [{"user": "wang", "role": "guard", "password_hash": GUARD_HASH}],
+            },
             "clips": {
                 "enabled": True,
                 "pre_s": PRE,
@@ -214,6 +224,16 @@ async def test_an_alarm_gets_a_clip_from_every_covering_camera_and_the_police_se
         shown = await http.get(src.replace("&amp;", "&"))
         assert shown.status_code == 200 and shown.headers["content-type"] == "video/mp4"
         assert 'http-equiv="refresh"' not in page.text  # would stop the video
+        # The guard at the booth plays them on the edge's own console.
+        booth = f"http://127.0.0.1:{edge.console_port}"
+        async with httpx.AsyncClient(base_url=booth, headers={"Origin": booth}) as guard:
+            r = await guard.post("/login", data={"user": "wang", "password": GUARD_PASSWORD})
+            assert r.status_code == 303, r.text
+            board = (await guard.get("/board")).text
+            assert board.count("<video") >= 2, board[:300]
+            src = board.split('<video controls preload="metadata" src="', 1)[1].split('"', 1)[0]
+            clip = await guard.get(src)
+            assert clip.status_code == 200 and clip.headers["content-type"] == "video/mp4"
         # The dispatch console plays them too (a session, not a token).
         from gateway.store.accounts import AccountStore
         from webkit.passwords import hash_password

@@ -29,7 +29,7 @@ from drivers.onvif import CameraError
 from edge.console.auth import COOKIE, CSRF_HEADER, Session, same_origin, tokens_match
 from edge.console.hub import Subscriber
 from edge.console.i18n import LANGUAGES, Translator
-from edge.console.service import BOARD_LIMIT, ConsoleService
+from edge.console.service import BOARD_LIMIT, CLIP_TYPES, ConsoleService
 from edge.console.store import DISPOSITIONS
 
 if TYPE_CHECKING:
@@ -324,7 +324,8 @@ def create_app(svc: ConsoleService) -> FastAPI:
         for rec in await rt.outbox.evidence_for(alarm_id):
             if rec.id == evidence_id and rec.path:
                 # FileResponse answers 404 itself when the file was pruned meanwhile.
-                return FileResponse(rec.path, media_type="image/jpeg")
+                kind = CLIP_TYPES.get(Path(rec.path).suffix.lower(), "image/jpeg")
+                return FileResponse(rec.path, media_type=kind)
         raise HTTPException(404, "no such picture")
 
     @app.get("/plan-image")

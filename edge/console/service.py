@@ -45,6 +45,14 @@ BOARD_LIMIT = 50
 _TEMPLATES = Path(__file__).parent / "templates"
 
 
+CLIP_TYPES = {".mp4": "video/mp4", ".mkv": "video/x-matroska"}
+"""An alarm's video clip (issue 13) among its evidence files, by the file's suffix."""
+
+
+def _is_clip(path: str) -> bool:
+    return Path(path).suffix.lower() in CLIP_TYPES
+
+
 def beep_wav() -> bytes:
     """This console's beep (see :func:`webkit.sound.beep_wav`)."""
     return sound.beep_wav(880.0, 1.25, 0.25, 0.35)
@@ -132,7 +140,8 @@ class ConsoleService:
             "rec": rec,
             "ev": ev,
             "zone": zone,
-            "evidence": [e for e in evidence if e.path],
+            "evidence": [e for e in evidence if e.path and not _is_clip(e.path)],
+            "clips": [e for e in evidence if e.path and _is_clip(e.path)],
             "missing": [e for e in evidence if not e.path],
             "statuses": statuses,
             "procedure": self.cfg.procedures.get(ev.kind, []),
@@ -140,7 +149,9 @@ class ConsoleService:
 
     async def alarm_frame(self, rec: AlarmRecord) -> None:
         view = await self.alarm_view(rec)
-        self._evidence_seen[rec.id] = len(view["evidence"]) + len(view["missing"])
+        self._evidence_seen[rec.id] = (
+            len(view["evidence"]) + len(view["clips"]) + len(view["missing"])
+        )
 
         def render(t: Translator) -> dict[str, Any]:
             html = self.render("_alarm.html", t, a=view, plan=self.cfg.plan, zones=self.zones)
