@@ -209,6 +209,11 @@ async def test_supervision_failure_is_transmission_fault(
         async with run_gateway(cfg) as gw:
             await wait_for(gw.mqtt.connected.is_set)
             await police.wait_for(lambda: police.counters.null >= 1)
+            # The technician's "last sign of life" of the path: the link test's answer.
+            sender = gw.workers["dc09"].sink.sender  # type: ignore[attr-defined]
+            await wait_for(lambda: sender.last_replies()["primary"] is not None, what="a reply")
+            first = sender.last_replies()["primary"]
+            await wait_for(lambda: sender.last_replies()["primary"] > first, what="the next one")
             police.pause()  # stops answering, as a dead receiver would
 
             async def fault_stored() -> bool:

@@ -321,6 +321,9 @@ class _Path:
     failed_at: float = 0.0
     last_tx: float = 0.0
     offset: float = 0.0
+    last_reply: datetime | None = None
+    """When the receiver last answered on this path (an alarm's ACK or a NULL link test's),
+    UTC: what a technician reads as the path's last sign of life."""
 
     @contextlib.asynccontextmanager
     async def checkout(self) -> AsyncIterator[_Link]:
@@ -412,6 +415,10 @@ class DC09Sender:
         for path in self._paths.values():
             for link in path.links:
                 await link.close()
+
+    def last_replies(self) -> dict[str, datetime | None]:
+        """Per path: when the receiver last answered (an ACK, NAK or DUH), UTC."""
+        return {name: p.last_reply for name, p in self._paths.items()}
 
     @property
     def path_health(self) -> dict[str, bool]:
@@ -581,6 +588,7 @@ class DC09Sender:
                 path.last_tx = time.monotonic()
             rtt_ms = (time.monotonic() - started) * 1000.0
             # Any reply proves the path works, even a NAK or DUH.
+            path.last_reply = _utcnow()
             self._set_health(path, True, f"{reply.token} received")
             if reply.token == ACK:
                 return _Outcome(ReplyKind.ACK, sent, rtt_ms, reply.timestamp)

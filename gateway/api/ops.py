@@ -27,14 +27,23 @@ def router(rt: GatewayRuntime) -> APIRouter:
 
     @api.get("/api/health")
     async def health(who: Annotated[Principal, Depends(require("health.read"))]) -> dict[str, Any]:
-        """The police paths (DC-09 supervision), each sink's health and queues, MQTT backlogs."""
+        """The police paths (DC-09 supervision; ``last_reply``: the receiver's last answer),
+        each sink's health and queues, MQTT backlogs."""
+        dc09 = rt.workers.get("dc09")
+        sender = getattr(dc09.sink, "sender", None) if dc09 is not None else None
+        replies = sender.last_replies() if sender is not None else {}
         return {
             "gateway": rt.cfg.gateway.id,
             "broker_connected": rt.mqtt.connected.is_set(),
             "telemetry_connected": rt.telemetry_mqtt.connected.is_set(),
             "backlog": {"events": rt.mqtt.backlog, "telemetry": rt.telemetry_mqtt.backlog},
             "police_paths": {
-                name: {"ok": p.ok, "since": p.since, "reason": p.reason}
+                name: {
+                    "ok": p.ok,
+                    "since": p.since,
+                    "reason": p.reason,
+                    "last_reply": replies.get(name),
+                }
                 for name, p in rt.paths.items()
             },
             "police_sinks": {

@@ -171,6 +171,14 @@ class Health:
     async def police(self, campuses: list[str]) -> dict[str, Any]:
         rt = self.rt
         acks = await self.last_acks(campuses)
+        # The receiver's last answer on each path (an alarm's ACK or a NULL link test's), as the
+        # sender saw it; the stored alarms' police_at cover a restart of this gateway.
+        dc09 = rt.workers.get("dc09")
+        sender = getattr(dc09.sink, "sender", None) if dc09 is not None else None
+        replies = sender.last_replies() if sender is not None else {}
+        for name, at in replies.items():
+            if at is not None and (acks.get(name) is None or at > acks[name]):
+                acks[name] = at
         paths = []
         d = rt.cfg.dc09
         if d is not None:
