@@ -498,7 +498,10 @@ class Driver:
                 ident in subs and not any(n is note for n in subs[ident].queue) for ident in holders
             )
             if pulled:
-                self.injected.append(Injection(CAMERA_INTRUSION, since, self.phase))
+                # Counted, not required: a crossing the edge pulls may still be the one the
+                # camera resends as "Initialized" on a new subscription (edge restarts), which
+                # the edge rightly does not take for a new crossing.
+                self.injected.append(Injection(CAMERA_INTRUSION, since, self.phase, True))
                 self._pending_note = None
                 self._last_press[200] = now
             elif now - since >= self.pull_timeout:
