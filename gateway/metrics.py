@@ -81,6 +81,23 @@ class GatewayMetrics(Collector):
         backlog.add_metric(["events"], rt.mqtt.backlog)
         backlog.add_metric(["telemetry"], rt.telemetry_mqtt.backlog)
         yield backlog
+        if rt.mqtt.lanes is not None:
+            lanes_now = rt.mqtt.lanes
+            yield GaugeMetricFamily(
+                "campusguard_gateway_inbox_kept",
+                "Messages of campuses that fell behind, kept in the inbox and not yet handled",
+                value=lanes_now.spooled,
+            )
+            yield GaugeMetricFamily(
+                "campusguard_gateway_campuses_behind",
+                "Campuses sending faster than they are stored (their messages go to the inbox)",
+                value=len(lanes_now.stats.campuses_spilling),
+            )
+            yield CounterMetricFamily(
+                "campusguard_gateway_inbox_spilled",
+                "Messages ever written to the inbox",
+                value=lanes_now.stats.spilled_messages,
+            )
         connected = GaugeMetricFamily(
             "campusguard_gateway_mqtt_connected", "1 if connected to the broker", labels=["stream"]
         )

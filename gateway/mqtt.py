@@ -8,7 +8,6 @@ marked ``published`` after their PUBACK), so a campus learns every step even acr
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import functools
 import logging
@@ -18,11 +17,12 @@ import aiomqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from contract import signing, topics
-from contract.aio import Service, cancel_and_wait, cancel_requested, run_together
+from contract.aio import Service, cancel_requested, run_together
 from contract.config import MqttConfig
 from contract.models import AlarmStatus, Receipt
-from contract.mqtt import NODELAY, Backoff, tls_params
+from contract.mqtt import NODELAY, Backoff, BufferedReads, tls_params
 from gateway.ingest import BatchFailed, Ingest
+from gateway.lanes import CampusLanes
 from gateway.store.repo import Store, aware
 
 log = logging.getLogger(__name__)
@@ -39,22 +39,10 @@ BATCH_STREAMING = 1.0
 """Linger only when the previous batch began less than this many seconds ago."""
 BATCH_MAX = 500
 """At most this many messages in one batch (one transaction)."""
-EVENT_CONCURRENCY = 8
-"""Events of different campuses stored at once on the events connection."""
-EVENT_WINDOW = 256
-"""Messages taken off the events connection's queue ahead of the oldest not yet committed."""
+READ_YIELD = 64
+"""The events connection's reader gives up the event loop after this many messages."""
 LEAVE_DRAIN = 3.0
 """Shutting down: how long to go on handling what was received before leaving the group."""
-
-
-def _lane_done(lanes: dict[str, asyncio.Task[None]], campus: str, task: asyncio.Task[None]) -> None:
-    if lanes.get(campus) is task:
-        del lanes[campus]
-
-
-def _campus(topic: str) -> str:
-    parts = topic.split("/", 3)
-    return parts[2] if len(parts) > 2 else ""
 
 
 def _payload(message: aiomqtt.Message) -> bytes:
@@ -87,9 +75,22 @@ class GatewayMqtt(Service):
         self._live: aiomqtt.Client | None = None
         self._leaving = False
         self._unacked = 0
-        """Messages taken off the queue and not yet acknowledged (being handled)."""
+        """Telemetry connection: messages taken off the queue and not yet acknowledged."""
+        self.lanes: CampusLanes | None = None
+        """Events connection: each campus in order, campuses side by side."""
+        if stream == "events":
+            self.lanes = CampusLanes(ingest, store, gateway_id, self._stored)
         self.signer: Ed25519PrivateKey | None = None
         """Signs every command to a campus (``command_signing``); None = sent unsigned."""
+
+    def _stored(self, stored: tuple[str, str]) -> None:
+        self._receipts.put_nowait(stored)
+        self.wake_downlink.set()  # a new alarm has its "received" step to send
+
+    @property
+    def in_hand(self) -> int:
+        """Messages taken off the queue and not yet acknowledged."""
+        return self.lanes.in_hand if self.lanes is not None else self._unacked
 
     def _client(self) -> aiomqtt.Client:
         client = aiomqtt.Client(
@@ -112,6 +113,7 @@ class GatewayMqtt(Service):
         # aiomqtt has no switch for it: paho's manual ack, so a message is acknowledged to
         # the broker only once it is in the database.
         client._client.manual_ack_set(True)
+        BufferedReads(client)  # every campus' messages come in here: read them in bulk
         return client
 
     @property
@@ -127,6 +129,12 @@ class GatewayMqtt(Service):
         return int(queue.qsize()) if queue is not None else 0
 
     async def _run(self) -> None:
+        if self.lanes is not None:
+            await run_together(self.lanes.run(), self._connections())
+        else:
+            await self._connections()
+
+    async def _connections(self) -> None:
         backoff = Backoff()
         client = self._client()
         down_logged = False
@@ -205,15 +213,15 @@ class GatewayMqtt(Service):
         log.info(
             "left the shared subscription (%s stream); handling %d message(s) received",
             self.stream,
-            self.backlog + self._unacked,
+            self.backlog + self.in_hand,
         )
         deadline = asyncio.get_running_loop().time() + drain_s
-        while self.backlog + self._unacked > 0 and self.connected.is_set():
+        while self.backlog + self.in_hand > 0 and self.connected.is_set():
             if asyncio.get_running_loop().time() >= deadline:
                 log.warning(
                     "%d message(s) of the %s stream not handled before stopping: they come "
                     "again to this gateway's session",
-                    self.backlog + self._unacked,
+                    self.backlog + self.in_hand,
                     self.stream,
                 )
                 break
@@ -243,57 +251,29 @@ class GatewayMqtt(Service):
             await self._receive_events(client)
 
     async def _receive_events(self, client: aiomqtt.Client) -> None:
-        """The events connection (alarms, events, edge states, evidence): up to
-        ``EVENT_CONCURRENCY`` messages of different campuses are stored at once, each campus'
-        messages one after the other in the order received; acknowledged in the order received,
-        each only once it and all before it are committed. A burst of alarms from many campuses
-        (bench/district.py: 50 at once) no longer waits for each other's database round trips.
-        """
-        slots = asyncio.Semaphore(EVENT_CONCURRENCY)
-        lanes: dict[str, asyncio.Task[None]] = {}
-        pending: collections.deque[tuple[aiomqtt.Message, asyncio.Task[None]]] = collections.deque()
-        changed = asyncio.Event()
-
-        async def one(message: aiomqtt.Message, after: asyncio.Task[None] | None) -> None:
-            if after is not None:
-                await asyncio.wait([after])  # the campus' previous message first
-            async with slots:
-                stored = await self._ingest.handle(str(message.topic), _payload(message))
-            if stored is not None:
-                self._receipts.put_nowait(stored)
-                self.wake_downlink.set()  # a new alarm has its "received" step to send
+        """The events connection (alarms, events, edge states, evidence): campus lanes
+        (``gateway/lanes.py``) handle each campus' messages in the order received, campuses side
+        by side, and keep a campus that falls behind in the inbox so that the others' alarms are
+        not queued behind it. Each message is acknowledged once it is on disk."""
+        lanes = self.lanes
+        assert lanes is not None
+        await lanes.ready.wait()
 
         async def read() -> None:
+            n = 0
             async for message in client.messages:
-                while len(pending) >= EVENT_WINDOW:
-                    changed.clear()
-                    await changed.wait()
-                campus = _campus(str(message.topic))
-                task = asyncio.create_task(one(message, lanes.get(campus)))
-                lanes[campus] = task
-                task.add_done_callback(functools.partial(_lane_done, lanes, campus))
-                pending.append((message, task))
-                self._unacked = len(pending)
-                changed.set()
+                n += 1
+                if n % READ_YIELD == 0:
+                    # Taking a queued message does not give up the event loop: let the relay
+                    # and the campuses' handling run between stretches of a flood.
+                    await asyncio.sleep(0)
+                await lanes.submit(
+                    str(message.topic),
+                    _payload(message),
+                    functools.partial(self._ack, client, [message]),
+                )
 
-        async def ack() -> None:
-            while True:
-                while not pending:
-                    changed.clear()
-                    await changed.wait()
-                message, task = pending[0]
-                await asyncio.wait([task])
-                task.result()  # a store failure: not acknowledged, the session reconnects
-                pending.popleft()
-                changed.set()
-                self._ack(client, [message])
-                self._unacked = len(pending)
-
-        try:
-            await run_together(read(), ack())
-        finally:
-            self._unacked = 0
-            await cancel_and_wait([t for _, t in pending])
+        await run_together(read(), lanes.connection())
 
     async def _receive_batched(self, client: aiomqtt.Client) -> None:
         """The telemetry connection (device status, telemetry): while messages stream in, what

@@ -407,8 +407,13 @@ def quiet_edge(tmp: Path, broker_port: int, di_port: int) -> dict[str, object]:
 
 
 def start_flood(port: int, kind: str, rate: float, seconds: float) -> subprocess.Popen[bytes]:
+    # The flooding campus is another machine in real life; here it shares the gateway's two
+    # cores, so it runs at the lowest CPU priority (it still sends 10,000 events a second).
     return subprocess.Popen(
         [
+            "nice",
+            "-n",
+            "19",
             sys.executable,
             "-m",
             "tests.faults",
@@ -461,14 +466,16 @@ def pct(values: list[float], q: float) -> float:
 
 
 CHATTY_RATE = 50.0
-"""Events per second of a chatty campus, well within what the gateway stores (~200 a second for
-one campus on this machine: each event is its own commit, one campus' events one at a time)."""
+"""Events per second of a chatty campus, well within what the gateway stores directly (~200 a
+second for one campus on this machine: each event is its own commit, one campus' events one at
+a time)."""
 
 
 async def flood_test(tmp_path: Path, flood_s: float, wait_s: float) -> None:
     """Campus A floods the gateway (a process of its own) while campus B presses a button; B's
-    press-to-police latency without a flood, with a chatty A (asserted) and with A flooding as
-    fast as the broker takes it (known to fail: see README "Fault suite")."""
+    press-to-police latency without a flood, with a chatty A and with A flooding as fast as the
+    broker takes it: B's alarm is not held up behind A's backlog (gateway/lanes.py: A spills
+    to the inbox)."""
     broker = Mosquitto(tmp_path / "mosquitto")
     broker.start()
     gateway = edge = None
@@ -522,8 +529,8 @@ async def flood_test(tmp_path: Path, flood_s: float, wait_s: float) -> None:
             )
             text = "\n".join(lines)
             print("\n" + text)
-            if flooded is None or flooded > bound:
-                pytest.xfail(f"known, one campus' flood delays the others (README)\n{text}")
+            assert flooded is not None and flooded <= bound, text
+            assert sent > 5_000, text  # it was a flood: thousands of events a second
     finally:
         for p in (edge, gateway):
             if p is not None:

@@ -37,6 +37,12 @@ def router(rt: GatewayRuntime) -> APIRouter:
             "broker_connected": rt.mqtt.connected.is_set(),
             "telemetry_connected": rt.telemetry_mqtt.connected.is_set(),
             "backlog": {"events": rt.mqtt.backlog, "telemetry": rt.telemetry_mqtt.backlog},
+            "inbox": {
+                "kept": rt.mqtt.lanes.spooled if rt.mqtt.lanes else 0,
+                "campuses_behind": sorted(rt.mqtt.lanes.stats.campuses_spilling)
+                if rt.mqtt.lanes
+                else [],
+            },
             "police_paths": {
                 name: {
                     "ok": p.ok,

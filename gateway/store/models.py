@@ -5,7 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, Index, Integer, String, Text, false
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    false,
+)
 from sqlalchemy import text as sql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -414,3 +425,23 @@ class AuditRow(Base):
     target: Mapped[str] = mapped_column(String(200), default="")
     address: Mapped[str] = mapped_column(String(64), default="")
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class InboxRow(Base):
+    """Messages of a campus that fell behind, taken from the broker in bulk and kept here until
+    they are handled (``gateway/lanes.py``): a flood from one campus is acknowledged to the
+    broker at the speed of one insert per batch, so the shared, ordered MQTT stream keeps moving
+    and the other campuses' alarms are not queued behind it. Handled in ``id`` order per campus
+    by the gateway that owns the row; a gateway that stops renewing its lease hands its rows to
+    the others."""
+
+    __tablename__ = "inbox"
+    __table_args__ = (Index("ix_inbox_campus_id", "campus", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    campus: Mapped[str] = mapped_column(String(64))
+    topic: Mapped[str] = mapped_column(String(255))
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    lease_until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

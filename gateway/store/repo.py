@@ -40,6 +40,7 @@ from gateway.store.models import (
     EdgeStateRow,
     EventRow,
     EvidenceRow,
+    InboxRow,
     MaintenanceRow,
     OutageRow,
     RelayCounter,
@@ -844,6 +845,87 @@ class Store:
                 await s.execute(select(RelayJob.alarm_id).where(RelayJob.state == "pending"))
             ).all()
             return len(rows)
+
+    # --- inbox: campuses that fell behind (gateway/lanes.py) ------------------------------
+
+    @_shielded
+    @_reconnecting
+    async def spool(
+        self, messages: Sequence[tuple[str, str, bytes]], owner: str, lease: float = 30.0
+    ) -> None:
+        """Keep ``(campus, topic, payload)`` messages, in this order, in one transaction."""
+        if not messages:
+            return
+        ts = now()
+        rows = [
+            {
+                "campus": campus,
+                "topic": topic,
+                "payload": payload,
+                "owner": owner,
+                "lease_until": ts + timedelta(seconds=lease),
+                "received_at": ts,
+            }
+            for campus, topic, payload in messages
+        ]
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(InboxRow), rows)
+
+    @_shielded
+    @_reconnecting
+    async def spooled(self, campus: str, owner: str, limit: int) -> list[tuple[int, str, bytes]]:
+        """The oldest kept messages of ``campus`` that ``owner`` handles (id, topic, payload)."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(InboxRow.id, InboxRow.topic, InboxRow.payload)
+                .where(InboxRow.campus == campus, InboxRow.owner == owner)
+                .order_by(InboxRow.id)
+                .limit(limit)
+            )
+            return [(int(r[0]), str(r[1]), bytes(r[2])) for r in rows]
+
+    @_shielded
+    @_reconnecting
+    async def unspool(self, ids: Sequence[int]) -> None:
+        """Handled: forget them."""
+        if not ids:
+            return
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(InboxRow).where(InboxRow.id.in_(list(ids))))
+
+    @_shielded
+    @_reconnecting
+    async def spool_counts(self, owner: str) -> dict[str, int]:
+        """How many kept messages ``owner`` has per campus."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(InboxRow.campus, func.count())
+                .where(InboxRow.owner == owner)
+                .group_by(InboxRow.campus)
+            )
+            return {str(r[0]): int(r[1]) for r in rows}
+
+    @_shielded
+    @_reconnecting
+    async def renew_spool(self, owner: str, lease: float = 30.0) -> dict[str, int]:
+        """Renew ``owner``'s lease on its kept messages and take over those of gateways whose
+        lease ran out (stopped or dead). Returns the count taken over per campus."""
+        ts = now()
+        until = ts + timedelta(seconds=lease)
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(InboxRow).where(InboxRow.owner == owner).values(lease_until=until)
+            )
+            taken = await conn.execute(
+                update(InboxRow)
+                .where(InboxRow.lease_until < ts)
+                .values(owner=owner, lease_until=until)
+                .returning(InboxRow.campus)
+            )
+            counts: dict[str, int] = {}
+            for (campus,) in taken:
+                counts[str(campus)] = counts.get(str(campus), 0) + 1
+            return counts
 
     # --- downlink to campuses -------------------------------------------------------------
 
