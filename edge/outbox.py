@@ -394,8 +394,9 @@ class Outbox:
         return await self._run(work)
 
     async def peek(self, limit: int = 64, resend_before: float = 0.0) -> list[OutboxItem]:
-        """What to send next: unsent messages, and those sent before ``resend_before`` whose
-        receipt never came; the highest priority first, then the oldest."""
+        """What to send next: unsent messages, and those sent before ``resend_before`` (on
+        ``time.monotonic()``) whose receipt never came; the highest priority first, then the
+        oldest."""
 
         def work() -> list[OutboxItem]:
             rows = self.db.execute(
@@ -420,7 +421,10 @@ class Outbox:
         that wait for the gateway's receipt, note when they went out."""
         if not items:
             return
-        now = time.time()
+        # The monotonic clock, not the wall clock: a wall clock stepped back an hour (NTP, a
+        # dead clock battery) would hold every resend back an hour. ``sent_at`` means nothing
+        # across runs and is cleared at each connection (``resend_all_unconfirmed``).
+        now = time.monotonic()
 
         def work() -> None:
             with self.db:

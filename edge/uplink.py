@@ -186,7 +186,7 @@ class Uplink(Service):
     async def _drain(self, client: aiomqtt.Client) -> None:
         while True:
             self._outbox.changed.clear()
-            items = await self._outbox.peek(BATCH, resend_before=time.time() - RECEIPT_TIMEOUT)
+            items = await self._outbox.peek(BATCH, resend_before=time.monotonic() - RECEIPT_TIMEOUT)
             if not items:
                 # Woken by new rows, or after a while to resend what was never confirmed.
                 with contextlib.suppress(TimeoutError):

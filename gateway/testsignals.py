@@ -137,7 +137,10 @@ class TestSignalWatch:
             if isinstance(raw, int | float) and not isinstance(raw, bool) and raw > 0
             else self.tcfg.interval
         )
-        if await _seen(self.store, event.campus, event.ts, event.id, interval):
+        # When the centre heard it, on the centre's clock (the one the watch compares with),
+        # not the edge's: an edge whose clock is an hour behind (a dead clock battery, no NTP)
+        # would otherwise look silent at every check, its test missed the moment it came.
+        if await _seen(self.store, event.campus, utcnow(), event.id, interval):
             self.restored += 1
             log.info("campus %s: periodic test signal back (%s)", event.campus, event.id)
             await self._raise(event.campus, restore=True, last=event.ts, interval=interval)

@@ -32,6 +32,8 @@ if [ "$want_system" = "test" ]; then
     command -v influxd >/dev/null 2>&1 || [ -x /usr/bin/influxd ] || missing+=(influxdb)
     # The GB/T 28181 sink's tests: SIPp plays the police video platform.
     command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
+    # The fault suite's clock jump: tests/clockshift.c, built with the C compiler.
+    command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
     # The guard console's browser tests: Debian's Chromium driven by Playwright (never a
     # browser download), and CJK fonts so the Chinese pages render in the screenshots.
     command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || missing+=(chromium)

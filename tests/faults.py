@@ -8,12 +8,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hashlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -217,13 +220,59 @@ class Tmpfs:
 # ------------------------------------------------------------------ real processes
 
 
+def clockshift_library() -> Path | None:
+    """``tests/clockshift.c`` built (once per content) with the system's C compiler; None when
+    there is none (``scripts/setup.sh test`` installs gcc)."""
+    source = ROOT / "tests" / "clockshift.c"
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+    lib = Path(tempfile.gettempdir()) / f"campusguard-clockshift-{digest}.so"
+    if lib.exists():
+        return lib
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None
+    part = lib.with_suffix(f".{os.getpid()}.part")
+    subprocess.run(
+        [cc, "-O2", "-shared", "-fPIC", "-o", str(part), str(source), "-ldl"],
+        check=True,
+        capture_output=True,
+    )
+    part.replace(lib)
+    return lib
+
+
+class WallClock:
+    """The wall clock of the processes started with ``env()``: ``jump(seconds)`` shifts it
+    from the real one (an NTP step, a reset RTC); the monotonic clock is untouched."""
+
+    def __init__(self, folder: Path, library: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.file = folder / "clock-shift"
+        self.library = library
+        self.shift = 0.0
+        self.jump(0.0)
+
+    def jump(self, to_seconds: float) -> None:
+        """Shift the clock to ``to_seconds`` from the real time (seen within 50 ms)."""
+        part = self.file.with_suffix(".part")
+        part.write_text(f"{to_seconds}\n")
+        part.replace(self.file)
+        self.shift = to_seconds
+
+    def env(self) -> dict[str, str]:
+        return {"LD_PRELOAD": str(self.library), "CG_CLOCK_SHIFT_FILE": str(self.file)}
+
+
 class Proc:
     """``python -m campusguard.cli <role> --config FILE`` as a real process with a log file."""
 
-    def __init__(self, role: str, cfg_file: Path, log: Path) -> None:
+    def __init__(
+        self, role: str, cfg_file: Path, log: Path, clock: WallClock | None = None
+    ) -> None:
         self.role = role
         self.cfg_file = cfg_file
         self.log = log
+        self.clock = clock
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -234,7 +283,7 @@ class Proc:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "campusguard.cli", self.role, "--config", str(self.cfg_file)],
             cwd=ROOT,
-            env=env_with_pythonpath(),
+            env={**env_with_pythonpath(), **(self.clock.env() if self.clock else {})},
             stdout=self.log.open("ab"),
             stderr=subprocess.STDOUT,
         )

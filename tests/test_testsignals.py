@@ -4,6 +4,7 @@ the centre (``test_missed``) and its restore when the tests come back."""
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,8 @@ from gateway.testsignals import rows
 from simulators.modbus_io import DIModuleSimulator
 from simulators.police import PoliceReceiver
 from tests.edgekit import edge_config
-from tests.gwkit import CAMPUS, gateway_config, make_event
+from tests.gwkit import CAMPUS, gateway_config, make_event, publish_event
+from tests.gwkit import client as gwkit_client
 from tests.helpers import Mosquitto, wait_for
 
 INTERVAL = 1.0
@@ -184,3 +186,32 @@ async def test_missed_test_raised_and_restored(
             (row,) = await rows(gw.store)
             assert not row.missed and row.missed_since is None
             await police.wait_for(lambda: at_police(police, 350, 3) >= 1, timeout=10)
+
+
+async def test_an_edge_clock_behind_is_not_a_silent_campus(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """An edge whose clock is an hour behind (a dead clock battery, no NTP) sends its periodic
+    tests on time; they carry its wrong time. The centre judges silence on its own clock: no
+    test is reported missed. (Before, every check found the last test an hour old.)"""
+    async with (
+        PoliceReceiver(udp=False) as police,
+        run_gateway(fast_gateway(tmp_path, mosquitto.port, police.tcp_port)) as gw,
+        gwkit_client(mosquitto.port, "edge-behind") as edge,
+    ):
+        await wait_for(gw.mqtt.connected.is_set)
+        behind = timedelta(hours=1)
+        for seq in range(1, 9):  # every half interval, for 4 intervals
+            test = make_event(
+                kind="test",
+                severity="low",
+                seq=seq,
+                ts=utcnow() - behind,
+                restore=False,
+                detail={"periodic": True, "interval_s": INTERVAL},
+            )
+            await publish_event(edge, test)
+            await asyncio.sleep(INTERVAL / 2)  # the edge's pace
+        await police.wait_for(lambda: at_police(police, 602) >= 8, timeout=10)
+        assert not await missed_events(gw, False)
+        assert gw.testsignals is not None and gw.testsignals.raised == 0
