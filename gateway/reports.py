@@ -154,7 +154,9 @@ def device_uptime(
             failures += 1
         if o.end is not None and o.end <= end:
             ended.append(dur)
-    up_s = max(0.0, counted - down_s)
+    # Times are whole microseconds: round away float dust (a device down all the time it was
+    # counted has availability 0, not 1.9e-16).
+    up_s = max(0.0, round(counted - down_s, 6))
     return DeviceUptime(
         campus=campus,
         device=device,
@@ -178,7 +180,7 @@ def aggregate(name: str, devices: Sequence[DeviceUptime], target: float) -> Aggr
         devices=len(devices),
         counted_s=counted,
         downtime_s=down,
-        availability=((counted - down) / counted) if counted > 0 else None,
+        availability=(max(0.0, round(counted - down, 6)) / counted) if counted > 0 else None,
         failures=sum(d.failures for d in devices),
         devices_below_target=sum(
             1 for d in devices if d.availability is not None and d.availability < target

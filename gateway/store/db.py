@@ -8,8 +8,13 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, event
 from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -47,6 +52,28 @@ def make_engine(url: str) -> AsyncEngine:
     # than it, and the alarm path's store operations try once more on a fresh one
     # (``repo._reconnecting``). Recycling after 30 min keeps clear of server / NAT idle cuts.
     return create_async_engine(url, pool_size=10, max_overflow=10, pool_recycle=1800)
+
+
+def _read_only(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA query_only=1")
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.close()
+
+
+def read_sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions for reads that must not queue behind writes (the consoles' live boards). On
+    SQLite the store has ONE connection, and every alarm written goes through it with an
+    fsync: a read queued behind a burst of them would show the alarm late. WAL lets readers run
+    beside the writer, so these read on connections of their own, opened per read (NullPool:
+    nothing to close at shutdown), refusing to write. Other databases (and an in-memory SQLite,
+    which a second connection would not see) get the store's own sessions."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return async_sessionmaker(engine, expire_on_commit=False)
+    reads = create_async_engine(url, poolclass=NullPool)
+    event.listen(reads.sync_engine, "connect", _read_only)
+    return async_sessionmaker(reads, expire_on_commit=False)
 
 
 async def migrate(engine: AsyncEngine) -> None:

@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
-from sqlalchemy import and_, event, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy import and_, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from contract.config import CampusAccount
 from gateway.api import dispatch as dispatch_api
 from gateway.api.auth import Principal
+from gateway.store.db import read_sessions
 from gateway.store.models import AlarmRow, AlarmStep, EventRow, EvidenceRow
 from gateway.store.repo import aware
 from gateway.web.kit import SECURITY_HEADERS, Translator
@@ -151,8 +151,8 @@ class Board:
         self._pending: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self.published = 0
-        self.session = reader(rt)
-        """Where the console reads (see :func:`reader`)."""
+        self.session = read_sessions(rt.store.engine)
+        """Where the console reads: beside the writer, not behind it (``read_sessions``)."""
 
     # --- loading -------------------------------------------------------------------------
 
@@ -360,28 +360,6 @@ class Board:
         for card in cards:
             self.web.hub.publish(functools.partial(self.frame, card), scope=card.campus)
             self.published += 1
-
-
-def _read_only(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA query_only=1")
-    cur.execute("PRAGMA busy_timeout=5000")
-    cur.close()
-
-
-def reader(rt: GatewayRuntime) -> async_sessionmaker[AsyncSession]:
-    """Sessions for the console's reads. On SQLite the store has ONE connection, and every
-    alarm written goes through it with an fsync: a console read queued behind a burst of them
-    would show the alarm late. WAL lets readers run beside the writer, so the console reads on
-    connections of its own, opened per read (NullPool: nothing to close at shutdown). Other
-    databases (and an in-memory SQLite, which a second connection would not see) use the
-    store's sessions."""
-    url = rt.store.engine.url
-    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-        return rt.store.session
-    engine = create_async_engine(url, poolclass=NullPool)
-    event.listen(engine.sync_engine, "connect", _read_only)
-    return async_sessionmaker(engine, expire_on_commit=False)
 
 
 def beep_wav() -> bytes:
