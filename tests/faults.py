@@ -31,7 +31,7 @@ from simulators.bollard import BollardSimulator
 from simulators.camera import CameraSimulator, Notification
 from simulators.modbus_io import DIModuleSimulator
 from simulators.police import PoliceReceiver, ReceivedMessage
-from tests.gwkit import CAMPUS, gateway_config
+from tests.gwkit import ACCOUNT, CAMPUS, gateway_config
 from tests.helpers import env_with_pythonpath, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -597,9 +597,10 @@ class PhaseResult:
 
 
 def alarm_key(m: ReceivedMessage) -> SourceKey | None:
-    """The source of an alarm (not a restore) at the receiver."""
+    """The source of an alarm (not a restore) of the rig's campus at the receiver (other
+    campuses' alarms, as in ``bench/soak.py``, are not the driver's)."""
     cid = m.contact_id
-    if cid is None or cid.qualifier != 1:
+    if cid is None or cid.qualifier != 1 or m.account != ACCOUNT:
         return None
     return (cid.code, cid.zone)
 

@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -194,7 +195,13 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def rig(tmp: Path, interval: float = 0.1) -> AsyncIterator[Rig]:
+async def rig(
+    tmp: Path,
+    interval: float = 0.1,
+    more_gateway_config: Callable[[dict[str, Any]], None] | None = None,
+) -> AsyncIterator[Rig]:
+    """``more_gateway_config`` may change the gateway's config (``bench/soak.py`` adds the
+    district's campuses)."""
     broker = Mosquitto(tmp / "mosquitto")
     disk: Tmpfs | None = None
     edge_dir = tmp / "edge"
@@ -212,9 +219,10 @@ async def rig(tmp: Path, interval: float = 0.1) -> AsyncIterator[Rig]:
             CameraSimulator(password=CAMERA_PASSWORD) as camera,
         ):
             gw_file = tmp / "gateway.yaml"
-            gw_file.write_text(
-                yaml.safe_dump(fault_gateway_config(tmp, broker.port, police.tcp_port or 0))
-            )
+            gw_data = fault_gateway_config(tmp, broker.port, police.tcp_port or 0)
+            if more_gateway_config is not None:
+                more_gateway_config(gw_data)
+            gw_file.write_text(yaml.safe_dump(gw_data))
             edge_file = tmp / "edge.yaml"
             edge_file.write_text(
                 yaml.safe_dump(
