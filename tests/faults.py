@@ -683,26 +683,36 @@ class OutOfOrder:
 def gateway_exactly_once(
     db: Path, police: PoliceReceiver
 ) -> tuple[int, list[str], list[OutOfOrder]]:
-    """Through the gateway's own store: each alarm message the police recorded maps (by its
-    DC-09 sequence number) to one alarm id; returns (alarms, alarm ids recorded twice, alarms
-    that reached the police after a later one of the same device)."""
+    """Through the gateway's own store: each alarm message of the rig's campus the police
+    recorded maps (by its DC-09 sequence number) to one alarm id; returns (alarms, alarm ids
+    recorded twice, alarms that reached the police after a later one of the same device).
+
+    Sequence numbers wrap after 9,999 (an hour's soak relays 24,000 alarms): the k-th message
+    with number s is the campus' k-th job with number s, in the order the jobs were made."""
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         rows = con.execute(
             "SELECT j.seq, e.id, e.device, e.point, e.seq FROM relay_jobs j "
-            "JOIN events e ON e.id = j.alarm_id WHERE j.sink = 'dc09' AND j.seq IS NOT NULL"
+            "JOIN events e ON e.id = j.alarm_id WHERE j.sink = 'dc09' AND j.seq IS NOT NULL "
+            "AND e.campus = ? ORDER BY j.created_at, j.rowid",
+            (CAMPUS,),
         ).fetchall()
     finally:
         con.close()
-    by_seq = {int(r[0]): (str(r[1]), f"{r[2]}/{r[3]}", int(r[4])) for r in rows}
+    by_seq: dict[int, list[tuple[str, str, int]]] = defaultdict(list)
+    for r in rows:
+        by_seq[int(r[0])].append((str(r[1]), f"{r[2]}/{r[3]}", int(r[4])))
+    taken: Counter[int] = Counter()
     seen: Counter[str] = Counter()
     last: dict[str, int] = {}
     out_of_order: list[OutOfOrder] = []
     n = 0
     for m in police.messages:
-        if alarm_key(m) is None or m.seq not in by_seq:
+        if alarm_key(m) is None or not by_seq.get(m.seq):
             continue
-        alarm_id, device, edge_seq = by_seq[m.seq]
+        jobs = by_seq[m.seq]
+        alarm_id, device, edge_seq = jobs[min(taken[m.seq], len(jobs) - 1)]
+        taken[m.seq] += 1
         n += 1
         seen[alarm_id] += 1
         if edge_seq < last.get(device, -1):
