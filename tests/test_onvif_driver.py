@@ -100,7 +100,10 @@ async def test_wrong_password(sim: CameraSimulator) -> None:
 
 
 async def test_snapshot_faults(sim: CameraSimulator) -> None:
-    async with camera(sim, timeout=0.5) as cam:
+    # Connected with room to spare (a loaded CI machine took more than 0.5 s to connect), then
+    # the short bound the timeout case is about.
+    async with camera(sim, timeout=5) as cam:
+        cam.timeout = 0.5
         sim.snapshot_fail = "401"
         with pytest.raises(CameraAuthError):
             await cam.snapshot("profile_main")
