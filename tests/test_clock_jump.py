@@ -20,30 +20,15 @@ from edge.uplink import RECEIPT_TIMEOUT
 from simulators.modbus_io import DIModuleSimulator
 from tests.faults import Proc, WallClock, clockshift_library
 from tests.helpers import Mosquitto
+from tests.test_faults import QUIET_CAMPUS, quiet_edge
 
-CAMPUS = "clock-campus"
+CAMPUS = QUIET_CAMPUS
 
 
 def edge_yaml(tmp: Path, broker_port: int, di_port: int) -> Path:
-    cfg = {
-        "campus": {"id": CAMPUS, "name": "Clock school"},
-        "edge": {"id": "edge-c", "data_dir": str(tmp / "edge")},
-        "mqtt": {"host": "127.0.0.1", "port": broker_port, "keepalive": 5},
-        "devices": [
-            {
-                "id": "di-c",
-                "profile": "adam-6050",
-                "host": "127.0.0.1",
-                "port": di_port,
-                "poll_interval": 0.05,
-                "inputs": [
-                    {"channel": 0, "id": "btn", "kind": "panic", "mode": "latch", "latch": False}
-                ],
-            }
-        ],
-    }
+    """The flood test's one-button campus edge (``tests/test_faults.py``)."""
     path = tmp / "edge.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path.write_text(yaml.safe_dump(quiet_edge(tmp, broker_port, di_port)))
     return path
 
 
