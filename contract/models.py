@@ -7,9 +7,9 @@ know instead of guessing. Examples of each are in PROTOCOL.md.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from ulid import ULID
 
 from contract.topics import CAMPUS_ID_PATTERN
@@ -95,8 +95,33 @@ def new_id() -> str:
     return str(ULID())
 
 
+def without_nul(data: Any) -> Any:
+    """``data`` with every NUL character in its strings (keys too) replaced by U+FFFD."""
+    if isinstance(data, str):
+        return data.replace("\x00", "\ufffd") if "\x00" in data else data
+    if isinstance(data, dict):
+        return {without_nul(k): without_nul(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [without_nul(v) for v in data]
+    return data
+
+
 class _Model(BaseModel):
+    """A message of the contract.
+
+    Its strings hold no NUL. JSON may carry one (``\\u0000``); PostgreSQL cannot store it in a
+    text column, and an alarm with one would fail to be stored at every delivery, be held
+    unacknowledged and sent again without end, and hold the gateway's MQTT stream with it. It is
+    replaced by U+FFFD (the alarm goes on, its text marked where the NUL was), not refused (the
+    alarm lost). (The gateway's API refuses a NUL in a request instead.)
+    """
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        return without_nul(data)
 
 
 class Geo(_Model):

@@ -38,8 +38,10 @@ from gateway.store.repo import Store
 
 log = logging.getLogger(__name__)
 
-CONCURRENCY = 8
-"""Messages of different campuses handled at once."""
+CONCURRENCY = 64
+"""Messages of different campuses handled at once. Their events are written together, in one
+transaction (``Store.ingest_event``'s group commit, at most ``GROUP_MAX`` = 64): a burst of
+alarms from many campuses takes a few commits, not one per alarm."""
 WINDOW = 50_000
 """Messages in hand (being handled or waiting to be kept) before the reader waits. Large on
 purpose: what the broker sent is in the gateway's memory either way (the MQTT client's queue

@@ -6,7 +6,8 @@ fed by the relay workers as they deliver."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -39,21 +40,23 @@ class GatewayMetrics(Collector):
         self._devices: dict[str, int] = {}
         self._edges: dict[str, int] = {}
         for name, worker in rt.workers.items():
-            worker.on_delivered = self._timed(name, worker.on_delivered)
+            worker.on_police_received = self._timed(name, worker.on_police_received)
 
     def _timed(
-        self, sink: str, inner: Callable[[Event, str | None], Awaitable[None]] | None
-    ) -> Callable[[Event, str | None], Awaitable[None]]:
-        async def delivered(event: Event, path: str | None) -> None:
-            done = utcnow()
-            if inner is not None:
-                await inner(event, path)
-            found = await self.rt.store.alarm(event.id)
-            received = aware(found[0].received_at) if found else None
-            if received is not None:
-                self.latency.labels(sink).observe(max(0.0, (done - received).total_seconds()))
+        self, sink: str, inner: Callable[[Event, str | None, datetime | None], None] | None
+    ) -> Callable[[Event, str | None, datetime | None], None]:
+        """The latency histogram beside whatever else is told of each police acknowledgement
+        (telemetry), from the ``received_at`` the relay stored with it: no read-back."""
 
-        return delivered
+        def received(event: Event, path: str | None, received_at: datetime | None) -> None:
+            if inner is not None:
+                inner(event, path, received_at)
+            received_at = aware(received_at)
+            if received_at is not None:
+                latency = (utcnow() - received_at).total_seconds()
+                self.latency.labels(sink).observe(max(0.0, latency))
+
+        return received
 
     async def refresh(self) -> None:
         """The database-backed gauges (called by the scrape before rendering)."""

@@ -91,7 +91,8 @@ async def test_a_flooding_campus_spills_and_the_others_go_first(db_url: str) -> 
             await wait_for(lambda: b_id in rec.stored, 10, "campus B's panic stored")
             # B's panic waited for at most a few of A's events, not for A's 300.
             assert rec.stored.index(b_id) < 12, rec.stored.index(b_id)
-            assert lanes.stats.spilled_messages > 250
+            # A's flood beyond its lane went to the inbox (written after B's panic, or before).
+            await wait_for(lambda: lanes.stats.spilled_messages > 250, 10, "A's flood kept")
             await wait_for(lambda: len(rec.stored) == 301, 60, "every event stored")
             assert rec.order(A) == list(range(1, 301))  # A in its order, once each
             assert sorted(rec.acked) == sorted(rec.seq)  # every message acknowledged once

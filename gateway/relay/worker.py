@@ -18,7 +18,7 @@ import collections
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime
 
 from contract.aio import Service, cancel_and_wait, cancel_requested
@@ -63,12 +63,9 @@ class RelayWorker(Service):
         self.failed_attempts = 0
         self.on_step: Callable[[], None] | None = None
         """Called after a step of an alarm's life was stored (to push it to the campus)."""
-        self.on_delivered: Callable[[Event, str | None], Awaitable[None]] | None = None
-        """Called after the police acknowledged an alarm and that was stored (metrics); runs
-        after the delivery's slot is free again."""
         self.on_police_received: Callable[[Event, str | None, datetime | None], None] | None = None
         """Called with (event, path, the alarm's ``received_at``) once the police's
-        acknowledgement is stored (latency telemetry); must return at once."""
+        acknowledgement is stored (latency telemetry and metrics); must return at once."""
 
     def submit(self, job: ClaimedJob) -> None:
         """Hand over a job that ingest already claimed for this worker."""
@@ -128,11 +125,6 @@ class RelayWorker(Service):
                     self.on_step()
                 if isinstance(outcome, float):
                     retry_in = outcome
-                elif outcome is not None and self.on_delivered is not None:
-                    try:
-                        await self.on_delivered(job.event, outcome.path)
-                    except Exception:
-                        log.exception("recording the delivery of %s failed", job.alarm_id)
             except Exception:
                 # The job keeps its lease; when it runs out the scan picks it up again.
                 log.exception("relaying %s failed unexpectedly", job.alarm_id)

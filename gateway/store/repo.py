@@ -198,6 +198,89 @@ def _reconnecting(
     return wrapper
 
 
+GROUP_MAX = 64
+"""At most this many events in one group commit (``Store.ingest_event``)."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    """An event waiting for its group commit."""
+
+    event: Event
+    relay_to: list[str]
+    worker: str
+    lease: float
+    done: asyncio.Future[tuple[bool, list[ClaimedJob]]]
+
+
+def _settle(done: asyncio.Future[R], result: R) -> None:
+    if not done.done():  # its caller may have been cancelled meanwhile
+        done.set_result(result)
+
+
+def _event_values(event: Event, ts: datetime) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "campus": event.campus,
+        "edge": event.edge,
+        "seq": event.seq,
+        "kind": event.kind,
+        "severity": event.severity,
+        "device": event.device,
+        "point": event.point,
+        "zone": event.zone,
+        "restore": event.restore,
+        "drill": event.drill,
+        "edge_ts": event.ts,
+        "received_at": ts,
+        "payload": event.model_dump(mode="json"),
+    }
+
+
+def _alarm_values(event: Event, ts: datetime) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "campus": event.campus,
+        "kind": event.kind,
+        "severity": event.severity,
+        "device": event.device,
+        "point": event.point,
+        "zone": event.zone,
+        "location": event.location,
+        "lat": event.geo.lat if event.geo else None,
+        "lon": event.geo.lon if event.geo else None,
+        "restore": event.restore,
+        "drill": event.drill,
+        "text": event.text,
+        "edge_ts": event.ts,
+        "received_at": ts,
+        "state": "received",
+        "police_path": None,
+        "police_at": None,
+        "guard_ack_at": None,
+        "closed_at": None,
+    }
+
+
+def _job_values(
+    event: Event, sink: str, seq: int, ts: datetime, worker: str, lease: float
+) -> dict[str, Any]:
+    """A relay job's row, claimed by ``worker`` at once (the fast path of press-to-police)."""
+    return {
+        "alarm_id": event.id,
+        "sink": sink,
+        "state": "pending",
+        "priority": 0 if event.severity == "critical" else 1,
+        "attempts": 0,
+        "seq": seq,
+        "next_at": ts,
+        "claimed_by": worker,
+        "claimed_until": ts + timedelta(seconds=lease),
+        "last_error": None,
+        "created_at": ts,
+    }
+
+
 class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -205,6 +288,8 @@ class Store:
         self._inflight: set[asyncio.Future[Any]] = set()
         self._upsert_stmts: dict[str, Any] = {}
         self._sequences: set[str] = set()
+        self._ingest_queue: list[_Pending] = []
+        self._ingest_writer: asyncio.Future[None] | None = None
         self.alarm_listeners: list[Callable[[str, str], None]] = []
         """Called with (alarm id, new state) after each commit that creates an alarm or moves
         it on (the consoles' live feed). A listener must return at once and never raise."""
@@ -223,8 +308,6 @@ class Store:
 
     # --- ingest ---------------------------------------------------------------------------
 
-    @_shielded
-    @_reconnecting
     async def ingest_event(
         self, event: Event, relay_to: list[str], worker: str, lease: float = 30.0
     ) -> tuple[bool, list[ClaimedJob]]:
@@ -233,7 +316,116 @@ class Store:
         Returns ``(new, jobs)``. The jobs come back already claimed by ``worker`` with their
         sequence numbers fixed, in the same transaction, so the relay can send at once without
         another round trip to the database (the fast path of press-to-police).
+
+        Group commit: events handed in while a transaction of them is being written wait for
+        it, and are then written together, in the order they came, in ONE transaction (a few
+        statements for all of them, one commit, one fsync). Under a burst of alarms from many
+        campuses the last one then waits for a few commits, not for one commit per alarm ahead
+        of it; a lone alarm is written at once, as before. Like every store operation, it is
+        carried through to its end even if the caller is cancelled.
         """
+        item = _Pending(event, relay_to, worker, lease, asyncio.get_running_loop().create_future())
+        self._ingest_queue.append(item)
+        if self._ingest_writer is None:
+            self._ingest_writer = asyncio.ensure_future(self._write_ingests())
+            self._inflight.add(self._ingest_writer)
+            self._ingest_writer.add_done_callback(self._inflight.discard)
+        return await item.done
+
+    async def _write_ingests(self) -> None:
+        """Write what is queued for ``ingest_event``, a group at a time, until none is left."""
+        try:
+            while self._ingest_queue:
+                group = self._ingest_queue[:GROUP_MAX]
+                del self._ingest_queue[: len(group)]
+                if len(group) > 1:
+                    try:
+                        results = await self._ingest_group(group)
+                    except Exception as exc:
+                        # Another gateway's transaction collided with ours, or one event of
+                        # them cannot be stored: each on its own (and its own retries), so one
+                        # failure is that event's alone.
+                        log.info("group of %d events failed (%s): one by one", len(group), exc)
+                    else:
+                        for item, result in zip(group, results, strict=True):
+                            _settle(item.done, result)
+                        continue
+                for item in group:
+                    try:
+                        result = await self._ingest_alone(
+                            item.event, item.relay_to, item.worker, item.lease
+                        )
+                    except Exception as exc:
+                        if not item.done.done():
+                            item.done.set_exception(exc)
+                    else:
+                        _settle(item.done, result)
+        finally:
+            self._ingest_writer = None
+            if self._ingest_queue:  # cancelled with work left: whoever comes next starts anew
+                for item in self._ingest_queue:
+                    if not item.done.done():
+                        item.done.set_exception(RuntimeError("the store is closing"))
+                self._ingest_queue.clear()
+
+    @_reconnecting
+    async def _ingest_group(self, group: list[_Pending]) -> list[tuple[bool, list[ClaimedJob]]]:
+        """``ingest_event`` for several events in one transaction; raises ``IntegrityError``
+        when another gateway's transaction collided with it (then nothing of it is stored)."""
+        ts = now()
+        first: dict[str, int] = {}  # event id -> its first place in the group
+        for i, item in enumerate(group):
+            first.setdefault(item.event.id, i)
+        results: list[tuple[bool, list[ClaimedJob]]] = [(False, []) for _ in group]
+        async with self.engine.begin() as conn:
+            stored = {
+                row[0]
+                for row in await conn.execute(
+                    self._insert_ignore(EventRow)
+                    .values([_event_values(group[i].event, ts) for i in first.values()])
+                    .returning(_T_EVENTS.c.id)
+                )
+            }
+            new = [i for i in first.values() if group[i].event.id in stored]
+            alarms = [
+                group[i].event
+                for i in new
+                if _gets_alarm_record(group[i].event) and not group[i].event.restore
+            ]
+            if alarms:
+                await conn.execute(insert(_T_ALARMS), [_alarm_values(e, ts) for e in alarms])
+                await conn.execute(
+                    insert(_T_STEPS), [_step_values(e.id, e.campus, "received", ts) for e in alarms]
+                )
+            is_alarm = {e.id for e in alarms}
+            wanted: dict[str, int] = {}
+            for i in new:
+                if group[i].event.id in is_alarm:
+                    for sink in group[i].relay_to:
+                        wanted[sink] = wanted.get(sink, 0) + 1
+            seqs = {sink: iter(await self._next_seqs(conn, sink, n)) for sink, n in wanted.items()}
+            rows: list[dict[str, Any]] = []
+            for i in new:
+                item = group[i]
+                jobs: list[ClaimedJob] = []
+                if item.event.id in is_alarm:
+                    for sink in item.relay_to:
+                        seq = next(seqs[sink])
+                        rows.append(_job_values(item.event, sink, seq, ts, item.worker, item.lease))
+                        jobs.append(ClaimedJob(item.event.id, sink, 0, seq, item.event))
+                results[i] = (True, jobs)
+            if rows:
+                await conn.execute(insert(_T_JOBS), rows)
+        for i in new:
+            if _gets_alarm_record(group[i].event):
+                self._alarm_changed(group[i].event.id, "received")
+        return results
+
+    @_reconnecting
+    async def _ingest_alone(
+        self, event: Event, relay_to: list[str], worker: str, lease: float
+    ) -> tuple[bool, list[ClaimedJob]]:
+        """``ingest_event`` for one event, its own transaction (tried again on a collision)."""
         # An IntegrityError rolls the whole transaction back. Either another gateway stored
         # this event between our check and our insert (a repeat: done), or two gateways both
         # created a row that did not exist yet (a sink's first sequence counter, issue 12):
@@ -254,52 +446,14 @@ class Store:
                     stored = (
                         await conn.execute(
                             self._insert_ignore(EventRow)
-                            .values(
-                                id=event.id,
-                                campus=event.campus,
-                                edge=event.edge,
-                                seq=event.seq,
-                                kind=event.kind,
-                                severity=event.severity,
-                                device=event.device,
-                                point=event.point,
-                                zone=event.zone,
-                                restore=event.restore,
-                                drill=event.drill,
-                                edge_ts=event.ts,
-                                received_at=ts,
-                                payload=event.model_dump(mode="json"),
-                            )
+                            .values(_event_values(event, ts))
                             .returning(_T_EVENTS.c.id)
                         )
                     ).first()
                     if stored is None:
                         return False, []
                     if alarm:
-                        await conn.execute(
-                            insert(_T_ALARMS).values(
-                                id=event.id,
-                                campus=event.campus,
-                                kind=event.kind,
-                                severity=event.severity,
-                                device=event.device,
-                                point=event.point,
-                                zone=event.zone,
-                                location=event.location,
-                                lat=event.geo.lat if event.geo else None,
-                                lon=event.geo.lon if event.geo else None,
-                                restore=event.restore,
-                                drill=event.drill,
-                                text=event.text,
-                                edge_ts=event.ts,
-                                received_at=ts,
-                                state="received",
-                                police_path=None,
-                                police_at=None,
-                                guard_ack_at=None,
-                                closed_at=None,
-                            )
-                        )
+                        await conn.execute(insert(_T_ALARMS).values(_alarm_values(event, ts)))
                         await conn.execute(
                             insert(_T_STEPS).values(
                                 _step_values(event.id, event.campus, "received", ts)
@@ -308,21 +462,7 @@ class Store:
                     rows: list[dict[str, Any]] = []
                     for sink in relay_to:
                         seq = await self._next_seq(conn, sink)
-                        rows.append(
-                            {
-                                "alarm_id": event.id,
-                                "sink": sink,
-                                "state": "pending",
-                                "priority": 0 if event.severity == "critical" else 1,
-                                "attempts": 0,
-                                "seq": seq,
-                                "next_at": ts,
-                                "claimed_by": worker,
-                                "claimed_until": ts + timedelta(seconds=lease),
-                                "last_error": None,
-                                "created_at": ts,
-                            }
-                        )
+                        rows.append(_job_values(event, sink, seq, ts, worker, lease))
                         jobs.append(ClaimedJob(event.id, sink, 0, seq, event))
                     if rows:
                         await conn.execute(insert(_T_JOBS), rows)
@@ -338,6 +478,39 @@ class Store:
                     return False, []
             log.warning("storing event %s collided with another gateway; trying again", event.id)
         raise RuntimeError(f"event {event.id}: could not be stored after 5 attempts")
+
+    async def _next_seqs(self, conn: AsyncConnection, sink: str, n: int) -> list[int]:
+        """The sink's next ``n`` sequence numbers in order (``_next_seq`` n times, in one
+        statement)."""
+        if n == 1:
+            return [await self._next_seq(conn, sink)]
+        if self.engine.dialect.name == "postgresql":
+            name = await self._sequence(sink)
+            if name is not None:
+                # generate_series yields 1..n in order and nextval is taken row by row as they
+                # come; ORDER BY g keeps that order whatever the plan (the numbers may wrap).
+                found = await conn.execute(
+                    text(
+                        "SELECT nextval(CAST(CAST(:seq AS text) AS regclass)) "
+                        "FROM generate_series(1, :n) AS g ORDER BY g"
+                    ),
+                    {"seq": name, "n": n},
+                )
+                return [int(v) for v in found.scalars()]
+        t, m = _T_COUNTERS, SEQ_MODULO
+        bump = (
+            update(t)
+            .where(t.c.sink == sink)
+            .values(value=(t.c.value + n - 1) % m + 1)
+            .returning(t.c.value)
+        )
+        last = (await conn.execute(bump)).scalar_one_or_none()
+        if last is None:  # the sink's first job ever (two gateways: one inserts, both bump)
+            await conn.execute(self._insert_ignore(RelayCounter).values(sink=sink, value=0))
+            last = (await conn.execute(bump)).scalar_one()
+        # The value before was v; the numbers are v % m + 1, then each the one before % m + 1,
+        # and ``last`` is the n-th of them.
+        return [(int(last) - n + k) % m + 1 for k in range(n)]
 
     async def _next_seq(self, conn: AsyncConnection, sink: str, modulo: int = 9999) -> int:
         """The sink's next sequence number (1..modulo, wrapping), unique per sink across all
