@@ -22,7 +22,7 @@ from typing import Any
 import typer
 
 from contract.config import EdgeConfig, GatewayConfig, parse_config
-from edge.daemon import event_listener_queue, run_edge
+from edge.daemon import event_listener_queue, run_edge, status_listener_queue
 from gateway.service import run_gateway
 from simulators.bollard import BollardSimulator
 from simulators.camera import CameraSimulator
@@ -310,6 +310,7 @@ async def run_demo(
             )
         await _central_accounts(gw.store)
         events = event_listener_queue(edge)
+        statuses = status_listener_queue(edge)
         await asyncio.wait_for(edge.uplink.connected.wait(), 10)
         await asyncio.wait_for(gw.mqtt.connected.wait(), 10)
 
@@ -351,9 +352,9 @@ async def run_demo(
             f"  the police received {got.token} {got.data} (seq {got.seq}) "
             f"{(got.received_mono - t0) * 1e3:.0f} ms after the press"
         )
-        status = await asyncio.wait_for(edge.alarm_status.get(), 10)
+        status = await asyncio.wait_for(statuses.get(), 10)
         while status.state != "police_received":
-            status = await asyncio.wait_for(edge.alarm_status.get(), 10)
+            status = await asyncio.wait_for(statuses.get(), 10)
         _say(f"  the campus was told: alarm {event.id} {status.state} via {status.path}")
         _say(
             "  the button was released at once, yet the alarm stays raised (latched) until a "

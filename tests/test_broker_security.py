@@ -19,7 +19,7 @@ from campusguard.cli import app
 from contract import topics
 from contract.config import EdgeConfig, GatewayConfig, TlsConfig
 from contract.mqtt import tls_params
-from edge.daemon import run_edge
+from edge.daemon import run_edge, status_listener_queue
 from gateway.service import run_gateway
 from simulators.modbus_io import DIModuleSimulator
 from simulators.police import PoliceReceiver
@@ -175,6 +175,7 @@ async def test_press_reaches_police_over_tls_with_acl(
                 edge_config(tmp_path, broker.port, sim.port), tls(certs, f"edge-{CAMPUS}")
             )
             async with run_edge(e_cfg) as edge:  # type: ignore[arg-type]
+                statuses = status_listener_queue(edge)
                 await wait_for(edge.uplink.connected.is_set)
                 await sim.press(1, 0.005)
                 await police.wait_for(
@@ -182,9 +183,9 @@ async def test_press_reaches_police_over_tls_with_acl(
                     timeout=10,
                 )
                 # The police status comes back down to the campus (the gateway may write it).
-                status = await asyncio.wait_for(edge.alarm_status.get(), 5)
+                status = await asyncio.wait_for(statuses.get(), 5)
                 while status.state != "police_received":
-                    status = await asyncio.wait_for(edge.alarm_status.get(), 5)
+                    status = await asyncio.wait_for(statuses.get(), 5)
     assert "denied" not in broker.log.read_text(errors="replace").lower()
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from contract import topics
 from contract.models import DeviceStatus
-from edge.daemon import event_listener_queue, run_edge
+from edge.daemon import event_listener_queue, run_edge, status_listener_queue
 from gateway.service import run_gateway
 from simulators.modbus_io import DIModuleSimulator
 from simulators.police import PoliceReceiver
@@ -35,15 +35,16 @@ async def test_press_reaches_police_and_campus_sees_it(
         await wait_for(gw.mqtt.connected.is_set)
         async with run_edge(edge_config(tmp_path, mosquitto.port, sim.port)) as edge:
             events = event_listener_queue(edge)
+            statuses = status_listener_queue(edge)
             await wait_for(edge.uplink.connected.is_set)
             await sim.press(1, 0.005)  # 5 ms: far shorter than the 50 ms poll
             ev = await asyncio.wait_for(events.get(), 5)
             assert (ev.kind, ev.point, ev.zone_no, ev.restore) == ("panic", "btn-gate", 2, False)
             assert ev.detail.get("short_press") is True
             await police.wait_for(lambda: panics(police) == [2])
-            status = await asyncio.wait_for(edge.alarm_status.get(), 5)
+            status = await asyncio.wait_for(statuses.get(), 5)
             while status.state != "police_received":
-                status = await asyncio.wait_for(edge.alarm_status.get(), 5)
+                status = await asyncio.wait_for(statuses.get(), 5)
             assert status.alarm_id == ev.id and status.path == "primary"
             steps = await edge.outbox.alarm_statuses(ev.id)
             assert [s[0] for s in steps] == ["received", "police_received"]
