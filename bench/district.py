@@ -54,8 +54,10 @@ import httpx
 import psutil
 import yaml
 from _common import machine_info, machine_line, summary_ms, write_json
+from sqlalchemy import text
 
 from contract.config import GatewayConfig, parse_config
+from gateway.store.db import make_engine
 from simulators.police import PoliceReceiver
 from tests.helpers import Mosquitto, Postgres, env_with_pythonpath, free_port
 
@@ -168,7 +170,13 @@ c.disconnect()
 
 
 def gateway_yaml(
-    tmp: Path, gw: str, broker: int, police: int, db_url: str, http: int, campuses: int
+    tmp: Path,
+    gw: str,
+    broker: int,
+    police: int,
+    db_url: str,
+    http: int,
+    args: argparse.Namespace,
 ) -> Path:
     data = {
         "gateway": {
@@ -185,14 +193,16 @@ def gateway_yaml(
         "database": {"url": db_url},
         "campuses": [
             {"id": campus_id(c), "name": f"School {c}", "account": account(c)}
-            for c in range(campuses)
+            for c in range(args.campuses)
         ],
         "dc09": {
             "primary": {"host": "127.0.0.1", "port": police, "transport": "tcp"},
             "ack_timeout": 1.0,
             "attempts": 3,
             "supervision_interval": 0,
+            "connections": args.dc09_connections,
         },
+        "relay_concurrency": args.relay_concurrency,
     }
     parse_config(data, GatewayConfig, gw)
     path = tmp / f"{gw}.yaml"
@@ -234,6 +244,33 @@ class Proc:
 
     def start(self) -> None:
         self.cpu0 = self.cpu_last = self.cpu()
+
+
+async def alarm_stages(db_url: str) -> dict[str, dict[str, float | int]]:
+    """Where an alarm's time went, from the gateway's own records (wall clocks of this one
+    machine): published (the publisher's ``ts``) -> stored by a gateway (``received_at``) ->
+    the police's ACK stored (``police_at``)."""
+    engine = make_engine(db_url)
+    try:
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT edge_ts, received_at, police_at FROM alarms "
+                        "WHERE police_at IS NOT NULL"
+                    )
+                )
+            ).all()
+    finally:
+        await engine.dispose()
+    return {
+        "publish -> stored at the gateway": summary_ms(
+            [(r.received_at - r.edge_ts).total_seconds() for r in rows]
+        ),
+        "stored -> police ACK stored": summary_ms(
+            [(r.police_at - r.received_at).total_seconds() for r in rows]
+        ),
+    }
 
 
 async def stats(port: int) -> dict[str, Any]:
@@ -316,7 +353,7 @@ async def phase(args: argparse.Namespace, gateways: int, tmp: Path) -> dict[str,
                     police.tcp_port,
                     db_url,
                     http_ports[gw],
-                    args.campuses,
+                    args,
                 )
                 log = work / f"{gw}.log"
                 cmd_gw = [sys.executable, "-m", "campusguard.cli", "gateway", "--config", str(cfg)]
@@ -453,6 +490,7 @@ async def phase(args: argparse.Namespace, gateways: int, tmp: Path) -> dict[str,
                     latencies.append(got - t)
                     # Which burst: the publishers stamp each alarm; bursts are burst_every apart.
                     bursts.setdefault(int((t - t0) // args.burst_every), []).append(got - t)
+            stages = await alarm_stages(db_url)
             per_gw = {
                 gw: {
                     "accepted": {
@@ -491,6 +529,7 @@ async def phase(args: argparse.Namespace, gateways: int, tmp: Path) -> dict[str,
                 "broker_ceiling_msgs_per_s": round(ceiling, 1),
                 "load_share_of_ceiling": round(offered_msgs / window / ceiling, 3),
                 "alarm_latency_ms": lat,
+                "alarm_stages_ms": stages,
                 "alarm_max_ms_by_burst": [
                     round(1000 * max(v), 1) for _, v in sorted(bursts.items())
                 ],
@@ -560,6 +599,9 @@ def print_phase(r: dict[str, Any]) -> None:
         )
     if r.get("alarm_max_ms_by_burst"):
         print(f"  slowest alarm of each burst (ms): {r['alarm_max_ms_by_burst']}")
+    for stage, st in r.get("alarm_stages_ms", {}).items():
+        if st.get("n"):
+            print(f"  {stage:<34} p50 {st['p50']:7.1f} ms  p99 {st['p99']:7.1f} ms")
     for name, pct in r["cpu_pct_one_core"].items():
         print(
             f"  {name:<14} CPU {pct:6.1f} % of one core   RSS max {r['rss_mib_max'][name]:7.1f} MiB"
@@ -578,6 +620,12 @@ async def main() -> int:
     ap.add_argument("--publishers", type=int, default=2)
     ap.add_argument("--phases", default="1,2", help="gateway counts to run, in order")
     ap.add_argument("--ceiling-messages", type=int, default=50_000)
+    ap.add_argument(
+        "--dc09-connections", type=int, default=4, help="the gateways' dc09.connections"
+    )
+    ap.add_argument(
+        "--relay-concurrency", type=int, default=8, help="the gateways' relay_concurrency"
+    )
     ap.add_argument("--json")
     ap.add_argument("--keep-logs", help="copy the gateways' logs here")
     ap.add_argument(

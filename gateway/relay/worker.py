@@ -109,18 +109,13 @@ class RelayWorker(Service):
             )
 
     async def _lane(self, campus: str) -> None:
-        """One campus' jobs, in order; waits for a free slot before each delivery."""
+        """One campus' jobs, in order; each waits for a free slot for its delivery."""
         lane = self._lanes[campus]
         while lane:
             job = lane[0]
             retry_in: float | None = None
             try:
-                async with self._slots:
-                    self.in_flight += 1
-                    try:
-                        outcome = await self._handle(job)
-                    finally:
-                        self.in_flight -= 1
+                outcome = await self._handle(job)
                 if self.on_step is not None:
                     self.on_step()
                 if isinstance(outcome, float):
@@ -158,7 +153,15 @@ class RelayWorker(Service):
         the seconds until the next try when it failed (the job stays claimed), else None."""
         seq = job.seq if job.seq is not None else await self.store.assign_seq(job)
         attempts = job.attempts + 1
-        result = await self.sink.deliver(job.event, seq)
+        # A slot for the exchange with the receiver only: storing its outcome (a commit shared
+        # with the other ends, ``_finish``) lets the next campus' alarm go out meanwhile. The
+        # campus' own next alarm still waits for it (its lane).
+        async with self._slots:
+            self.in_flight += 1
+            try:
+                result = await self.sink.deliver(job.event, seq)
+            finally:
+                self.in_flight -= 1
         ev = job.event
         if result.outcome == "delivered":
             # The job's end and the alarm's "police_received" step: one transaction, shared
