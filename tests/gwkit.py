@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,8 @@ import aiomqtt
 from contract import topics
 from contract.config import GatewayConfig, parse_config
 from contract.models import Event, new_id, utcnow
+from gateway.store.db import make_engine, migrate
+from gateway.store.repo import Store
 
 CAMPUS = "test-campus"
 ACCOUNT = "1234"
@@ -97,3 +101,14 @@ async def publish_event(c: aiomqtt.Client, event: Event) -> None:
 
 def status_json(payload: Any) -> dict[str, Any]:
     return json.loads(bytes(payload))
+
+
+@asynccontextmanager
+async def store_at(url: str) -> AsyncIterator[Store]:
+    """The gateway's store on a fresh, migrated database at ``url``."""
+    engine = make_engine(url)
+    await migrate(engine)
+    try:
+        yield Store(engine)
+    finally:
+        await engine.dispose()

@@ -12,22 +12,17 @@ import pytest
 from sqlalchemy import event as sa_event
 from sqlalchemy import select, text, update
 
-from gateway.store.db import make_engine, migrate
 from gateway.store.models import RelayCounter, RelayJob
 from gateway.store.repo import ClaimedJob, Store
-from tests.gwkit import make_event
+from tests.gwkit import make_event, store_at
 
 SINKS = ["dc09", "webhook"]
 
 
 @pytest.fixture
 async def store(db_url: str) -> AsyncIterator[Store]:
-    engine = make_engine(db_url)
-    await migrate(engine)
-    try:
-        yield Store(engine)
-    finally:
-        await engine.dispose()
+    async with store_at(db_url) as s:
+        yield s
 
 
 def count_commits(store: Store) -> list[int]:

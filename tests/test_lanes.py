@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 
 import pytest
 from sqlalchemy import func, select
@@ -21,23 +20,13 @@ from contract import topics
 from contract.aio import cancel_and_wait
 from gateway.ingest import Ingest
 from gateway.lanes import CampusLanes
-from gateway.store.db import make_engine, migrate
 from gateway.store.models import EventRow, InboxRow
 from gateway.store.repo import Store
 from tests.faults import flood_payload
+from tests.gwkit import store_at
 from tests.helpers import wait_for
 
 A, B = "flood-campus", "quiet-campus"
-
-
-@asynccontextmanager
-async def store_at(url: str) -> AsyncIterator[Store]:
-    engine = make_engine(url)
-    await migrate(engine)
-    try:
-        yield Store(engine)
-    finally:
-        await engine.dispose()
 
 
 class Recorder:
