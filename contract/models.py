@@ -140,7 +140,12 @@ class Event(_Model):
     campus: Annotated[str, Field(pattern=CAMPUS_ID_PATTERN)]
     edge: Annotated[str, Field(pattern=ID_PATTERN)]
     seq: Annotated[
-        int, Field(ge=0, description="per-edge sequence number, gapless; 0 = raised centrally")
+        int,
+        Field(
+            ge=0,
+            le=2**63 - 1,
+            description="per-edge sequence number, gapless; 0 = raised centrally",
+        ),
     ]
     ts: datetime = Field(description="time at the edge, UTC")
     kind: EventKind

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -33,7 +34,7 @@ class EventRow(Base):
     id: Mapped[str] = mapped_column(String(26), primary_key=True)
     campus: Mapped[str] = mapped_column(String(64), index=True)
     edge: Mapped[str] = mapped_column(String(64))
-    seq: Mapped[int] = mapped_column(Integer)
+    seq: Mapped[int] = mapped_column(BigInteger)
     kind: Mapped[str] = mapped_column(String(32))
     severity: Mapped[str] = mapped_column(String(16))
     device: Mapped[str] = mapped_column(String(64))
