@@ -287,6 +287,10 @@ class CameraBuffer:
         reader = asyncio.create_task(self._read_stderr(proc))
         spawned = time.time()
         stall = max(4.0 * self.cfg.segment_s, 15.0)
+        # Progress is judged on the steady clock: a segment's times are the wall clock's, and a
+        # clock stepped back an hour would hide a stall for that hour (one stepped forward
+        # would report one at once).
+        progress = time.monotonic()
         try:
             while proc.returncode is None:
                 with contextlib.suppress(TimeoutError):
@@ -296,10 +300,10 @@ class CameraBuffer:
                     log.info("camera %s: clip buffer up", self.camera)
                     self.state, self.error = "recording", None
                 if fresh:
+                    progress = time.monotonic()
                     self.changed.set()
                 self._prune()
-                newest = max(self.newest_end(), spawned)
-                if proc.returncode is None and time.time() - newest > stall:
+                if proc.returncode is None and time.monotonic() - progress > stall:
                     self._down(f"no video for {stall:g} s")
                     break
             self._scan_run(spawned)
