@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -59,6 +60,19 @@ DRAIN_REST = 4.0
 """During a flood a drainer rests this many times as long as its last message took."""
 LEASE = 30.0
 """Seconds a gateway's claim on its kept messages lasts; renewed every third of it."""
+
+
+_EVENT_ID = re.compile(rb'"id"\s*:\s*"([0-9A-Za-z]{26})"')
+
+
+def kept_event_id(topic: str, payload: bytes) -> str | None:
+    """The id an event message names (the edge's serialisation puts it in the first bytes), for
+    its campus' receipt once it is kept; None for other messages. Not validated: a message that
+    will be rejected loses nothing by a receipt (it would be rejected again and again)."""
+    if not topic.endswith("/up/event"):
+        return None
+    found = _EVENT_ID.search(payload, 0, 256)
+    return found.group(1).decode() if found else None
 
 
 def campus_of(topic: str) -> str:
@@ -108,6 +122,7 @@ class CampusLanes:
         owner: str,
         on_stored: Callable[[tuple[str, str]], None],
         *,
+        on_kept: Callable[[tuple[str, str]], None] | None = None,
         concurrency: int = CONCURRENCY,
         window: int = WINDOW,
         lane_depth: int = LANE_DEPTH,
@@ -117,6 +132,11 @@ class CampusLanes:
         self._store = store
         self._owner = owner
         self._on_stored = on_stored
+        self._on_kept = on_kept
+        """Called with (campus, event id) for each event written to the inbox: it is on disk
+        at the centre, so the campus' receipt can name it at once. Without it a flooding
+        campus' edge sent its whole unconfirmed backlog again every 10 s while the inbox was
+        drained, and the repeats were kept and handled as well."""
         self._slots = asyncio.Semaphore(concurrency)
         self._window = window
         self._lane_depth = lane_depth
@@ -240,6 +260,8 @@ class CampusLanes:
                 self._last_spool = asyncio.get_running_loop().time()
                 for h in batch:
                     h.ack()
+                    if self._on_kept is not None and (kept := kept_event_id(h.topic, h.payload)):
+                        self._on_kept((h.campus, kept))
                 self.stats.spilled_messages += len(batch)
                 self._generation += 1
                 self._done(len(batch))

@@ -79,7 +79,9 @@ class GatewayMqtt(Service):
         self.lanes: CampusLanes | None = None
         """Events connection: each campus in order, campuses side by side."""
         if stream == "events":
-            self.lanes = CampusLanes(ingest, store, gateway_id, self._stored)
+            self.lanes = CampusLanes(
+                ingest, store, gateway_id, self._stored, on_kept=self._receipts.put_nowait
+            )
         self.signer: Ed25519PrivateKey | None = None
         """Signs every command to a campus (``command_signing``); None = sent unsigned."""
 

@@ -407,6 +407,9 @@ def fault_gateway_config(tmp: Path, broker_port: int, police_port: int) -> dict[
     to the police, by configuration", the same for intrusion)."""
     base = gateway_config(tmp, broker_port, police_port)
     data = base.model_dump(mode="json", exclude_none=True)
+    # Its HTTP side on a free port: left out, it took the default 8080, and a second rig on
+    # the machine (the soak beside a test run) failed to start.
+    data["gateway"]["http"] = {"host": "127.0.0.1", "port": 0}
     data["dc09"]["codes"] = {"camera_intrusion": {"cid": 130, "sia": "BA"}}
     data["dc09"]["ack_timeout"] = 0.5
     data["dc09"]["attempts"] = 2

@@ -34,6 +34,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.stored: list[str] = []
+        self.kept: list[str] = []
         self.acked: list[str] = []
         self.seq: dict[str, tuple[str, int]] = {}
 
@@ -45,6 +46,9 @@ class Recorder:
     def on_stored(self, stored: tuple[str, str]) -> None:
         self.stored.append(stored[1])
 
+    def on_kept(self, kept: tuple[str, str]) -> None:
+        self.kept.append(kept[1])
+
     def ack(self, payload: bytes) -> Callable[[], None]:
         event_id = json.loads(payload)["id"]
         return lambda: self.acked.append(event_id)
@@ -55,7 +59,15 @@ class Recorder:
 
 def lanes_for(store: Store, rec: Recorder, owner: str = "gw-1", **kw: float) -> CampusLanes:
     ingest = Ingest(store, {A, B}, [], owner, lambda _job: None)
-    return CampusLanes(ingest, store, owner, rec.on_stored, lane_depth=4, **kw)  # type: ignore[arg-type]
+    return CampusLanes(
+        ingest,
+        store,
+        owner,
+        rec.on_stored,
+        on_kept=rec.on_kept,
+        lane_depth=4,
+        **kw,  # type: ignore[arg-type]
+    )
 
 
 async def count(store: Store, model: type[EventRow] | type[InboxRow]) -> int:
@@ -82,6 +94,11 @@ async def test_a_flooding_campus_spills_and_the_others_go_first(db_url: str) -> 
             assert rec.stored.index(b_id) < 12, rec.stored.index(b_id)
             # A's flood beyond its lane went to the inbox (written after B's panic, or before).
             await wait_for(lambda: lanes.stats.spilled_messages > 250, 10, "A's flood kept")
+            # Each kept event is named in A's receipts once it is in the inbox (so that A's edge
+            # does not send its backlog again while it is drained), B's panic is not kept.
+            assert len(rec.kept) == lanes.stats.spilled_messages
+            assert len(set(rec.kept)) == len(rec.kept) and b_id not in rec.kept
+            assert {rec.seq[i][0] for i in rec.kept} == {A}
             await wait_for(lambda: len(rec.stored) == 301, 60, "every event stored")
             assert rec.order(A) == list(range(1, 301))  # A in its order, once each
             assert sorted(rec.acked) == sorted(rec.seq)  # every message acknowledged once
