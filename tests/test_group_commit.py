@@ -145,3 +145,21 @@ async def test_an_alarm_with_nul_characters_is_stored(store: Store) -> None:
     new, jobs = await store.ingest_event(ev, ["dc09"], "gw-1")
     assert new and isinstance(jobs[0], ClaimedJob)
     assert await store.event(ev.id) == ev
+
+
+async def test_a_writer_cancelled_mid_group_leaves_no_caller_waiting(store: Store) -> None:
+    """The event loop closing under the writer: every caller gets an answer (stored, or an
+    error: its message is then not acknowledged and comes again), none waits for ever."""
+    events = [make_event(campus=f"c-{i}") for i in range(8)]
+    tasks = [asyncio.create_task(store.ingest_event(e, ["dc09"], "gw-1")) for e in events]
+    await asyncio.sleep(0)
+    writer = store._ingest_writer
+    assert writer is not None
+    await asyncio.sleep(0)  # the writer has taken its first group and is writing it
+    writer.cancel()
+    async with asyncio.timeout(10):
+        done = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(d, tuple | RuntimeError) for d in done), done
+    # The store still works for whoever comes next.
+    later = make_event(campus="c-later")
+    assert (await store.ingest_event(later, ["dc09"], "gw-1"))[0]

@@ -334,6 +334,7 @@ class Store:
 
     async def _write_ingests(self) -> None:
         """Write what is queued for ``ingest_event``, a group at a time, until none is left."""
+        group: list[_Pending] = []
         try:
             while self._ingest_queue:
                 group = self._ingest_queue[:GROUP_MAX]
@@ -362,11 +363,13 @@ class Store:
                         _settle(item.done, result)
         finally:
             self._ingest_writer = None
-            if self._ingest_queue:  # cancelled with work left: whoever comes next starts anew
-                for item in self._ingest_queue:
-                    if not item.done.done():
-                        item.done.set_exception(RuntimeError("the store is closing"))
-                self._ingest_queue.clear()
+            # Cancelled with work in hand (the event loop closing): nobody may wait for ever.
+            # Whether the group in hand was committed is unknown to its callers: an error, so
+            # that their messages are not acknowledged (a repeat is deduplicated).
+            for item in [*group, *self._ingest_queue]:
+                if not item.done.done():
+                    item.done.set_exception(RuntimeError("the store is closing"))
+            self._ingest_queue.clear()
 
     @_reconnecting
     async def _ingest_group(self, group: list[_Pending]) -> list[tuple[bool, list[ClaimedJob]]]:
