@@ -100,7 +100,7 @@ from _common import (
 from contract import topics
 from contract.config import EdgeConfig, parse_config
 from contract.evidence import EvidenceHeader
-from contract.models import Event
+from contract.models import Event, Receipt
 from drivers.onvif.events import PULL_TIMEOUT_S
 from edge.daemon import run_edge
 from gateway.service import run_gateway
@@ -292,8 +292,16 @@ async def latency_phase(args: argparse.Namespace, tmp: Path, broker: Mosquitto) 
                         if not isinstance(payload, bytes | bytearray):
                             continue
                         with contextlib.suppress(ValueError):
-                            mqtt_at.setdefault(Event.model_validate_json(payload).id, t)
+                            ev = Event.model_validate_json(payload)
+                            mqtt_at.setdefault(ev.id, t)
                             watch.poke()
+                            # As the gateway does: the edge holds all but one event on a new
+                            # connection until a receipt shows someone is listening.
+                            await client.publish(
+                                topics.receipt_topic(CAMPUS),
+                                Receipt(campus=CAMPUS, ids=[ev.id]).model_dump_json(),
+                                qos=1,
+                            )
 
                 sub_task = asyncio.create_task(listen(), name="bench-mqtt-listener")
                 await wait_for(edge.uplink.connected.is_set, what="edge uplink")

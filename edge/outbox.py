@@ -131,6 +131,8 @@ class Outbox:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         self._conn: sqlite3.Connection | None = None
         self.changed = asyncio.Event()
+        self.receipted = asyncio.Event()
+        """Set by every receipt from the centre (the uplink clears it at each connection)."""
         self._depth = 0
         self._reserve = path.with_name(path.name + ".reserve")
         self.reserve_spent = False
@@ -444,6 +446,7 @@ class Outbox:
         """The gateway stored these events: they can go."""
         if not keys:
             return 0
+        self.receipted.set()
 
         def work() -> int:
             with self.db:
@@ -457,6 +460,17 @@ class Outbox:
         if n:
             self.changed.set()
         return n
+
+    async def waiting(self, receipt_key: str) -> bool:
+        """Whether the message with this receipt key still waits for its receipt."""
+
+        def work() -> bool:
+            row = self.db.execute(
+                "SELECT 1 FROM outbox WHERE receipt_key=? LIMIT 1", (receipt_key,)
+            ).fetchone()
+            return row is not None
+
+        return await self._run(work)
 
     async def resend_all_unconfirmed(self) -> None:
         """After a reconnect: whatever still waits for a receipt may have died with the broker."""

@@ -30,6 +30,10 @@ RECEIPT_TIMEOUT = 10.0
 """An event the gateway has not confirmed this long after its PUBACK is sent again (the gateway
 deduplicates by id). Long enough for a busy gateway, short for an alarm lost in a broker crash."""
 
+PROBE_S = 1.0
+"""While a new connection has no receipt yet, its first event is sent again this often."""
+GATE_S = 30.0
+"""After this long without a receipt on a connection, events go out without waiting for one."""
 BATCH = 32
 """Messages in flight at once: enough to keep a burst moving, small enough that an alarm queued
 behind a burst of telemetry waits at most one batch's round trip."""
@@ -184,24 +188,61 @@ class Uplink(Service):
         self._set_connected(False)
 
     async def _drain(self, client: aiomqtt.Client) -> None:
+        """Send the outbox, in order.
+
+        A new connection is not trusted with more than one event until a receipt shows that a
+        gateway is listening: after a broker restart the broker takes (and acknowledges) what
+        is published before the gateways have subscribed again (Mosquitto 2.0 does not restore
+        shared subscriptions), and drops it. The events sent then came again only after their
+        receipt timeout, after later ones of the same device had reached the police (the
+        hour's soak: 137 alarms behind a later one of their device, over three broker
+        restarts). So until the first receipt only the oldest event waiting for one is sent,
+        again every ``PROBE_S``; messages that need no receipt go as usual. A centre that sends
+        no receipt for ``GATE_S`` (none running, or that event refused) does not hold the rest.
+        """
+        proven = False
+        gate_until = time.monotonic() + GATE_S
         while True:
             self._outbox.changed.clear()
-            items = await self._outbox.peek(BATCH, resend_before=time.monotonic() - RECEIPT_TIMEOUT)
+            if not proven and time.monotonic() < gate_until:
+                # Everything sent may go again: the probe is the oldest event still waiting.
+                items = await self._outbox.peek(BATCH, resend_before=time.monotonic())
+                probe = next((i for i, it in enumerate(items) if it.receipt_key is not None), None)
+                if probe is not None:
+                    key = items[probe].receipt_key
+                    assert key is not None
+                    items = items[: probe + 1]
+                    self._outbox.receipted.clear()
+                    await self._send(client, items)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._outbox.receipted.wait(), PROBE_S)
+                    # Only the probe's own receipt proves this connection: receipts the
+                    # broker kept for the edge from before may arrive first.
+                    proven = not await self._outbox.waiting(key)
+                    continue
+            else:
+                proven = True
+                items = await self._outbox.peek(
+                    BATCH, resend_before=time.monotonic() - RECEIPT_TIMEOUT
+                )
             if not items:
                 # Woken by new rows, or after a while to resend what was never confirmed.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._outbox.changed.wait(), RECEIPT_TIMEOUT / 4)
                 continue
-            # Published in order; each removed (or marked sent) only once its PUBACK is in.
-            results = await asyncio.gather(
-                *(self._publish(client, item) for item in items), return_exceptions=True
-            )
-            acked = [item for item, res in zip(items, results, strict=True) if res is None]
-            await self._outbox.published(acked)
-            self.sent += len(acked)
-            for res in results:
-                if isinstance(res, BaseException):
-                    raise res
+            await self._send(client, items)
+
+    async def _send(self, client: aiomqtt.Client, items: list[OutboxItem]) -> None:
+        """Publish in order; each removed (or marked sent) only once its PUBACK is in."""
+        results = await asyncio.gather(
+            *(self._publish(client, item) for item in items), return_exceptions=True
+        )
+        acked = [item for item, res in zip(items, results, strict=True) if res is None]
+        await self._outbox.published(acked)
+        self.sent += len(acked)
+        for res in results:
+            if isinstance(res, BaseException):
+                raise res
 
     async def _publish_retained(self, client: aiomqtt.Client) -> None:
         while True:
