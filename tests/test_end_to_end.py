@@ -40,7 +40,10 @@ async def test_press_reaches_police_and_campus_sees_it(
             await sim.press(1, 0.005)  # 5 ms: far shorter than the 50 ms poll
             ev = await asyncio.wait_for(events.get(), 5)
             assert (ev.kind, ev.point, ev.zone_no, ev.restore) == ("panic", "btn-gate", 2, False)
-            assert ev.detail.get("short_press") is True
+            # Seen by the module's latch between two polls (short_press), or, when a poll fell
+            # inside the 5 ms (1 in 10 here), by the level: an alarm either way. The latch path
+            # itself: tests/test_edge_rules.py and the fifty presses below.
+            assert ev.detail.get("short_press") in (True, None)
             await police.wait_for(lambda: panics(police) == [2])
             status = await asyncio.wait_for(statuses.get(), 5)
             while status.state != "police_received":
