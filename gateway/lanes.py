@@ -32,17 +32,18 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from contract import topics
 from contract.aio import cancel_and_wait
 from contract.mqtt import Backoff
 from gateway.ingest import Ingest
-from gateway.store.repo import Store
+from gateway.store.repo import GROUP_MAX, Store
 
 log = logging.getLogger(__name__)
 
-CONCURRENCY = 64
-"""Messages of different campuses handled at once. Their events are written together, in one
-transaction (``Store.ingest_event``'s group commit, at most ``GROUP_MAX`` = 64): a burst of
-alarms from many campuses takes a few commits, not one per alarm."""
+CONCURRENCY = GROUP_MAX
+"""Messages of different campuses handled at once: as many as one group commit takes
+(``Store.ingest_event``), so a burst of alarms from many campuses takes a few commits, not one
+per alarm."""
 WINDOW = 50_000
 """Messages in hand (being handled or waiting to be kept) before the reader waits. Large on
 purpose: what the broker sent is in the gateway's memory either way (the MQTT client's queue
@@ -65,11 +66,11 @@ LEASE = 30.0
 _EVENT_ID = re.compile(rb'"id"\s*:\s*"([0-9A-Za-z]{26})"')
 
 
-def kept_event_id(topic: str, payload: bytes) -> str | None:
+def kept_event_id(campus: str, topic: str, payload: bytes) -> str | None:
     """The id an event message names (the edge's serialisation puts it in the first bytes), for
     its campus' receipt once it is kept; None for other messages. Not validated: a message that
     will be rejected loses nothing by a receipt (it would be rejected again and again)."""
-    if not topic.endswith("/up/event"):
+    if topic != topics.event_topic(campus):
         return None
     found = _EVENT_ID.search(payload, 0, 256)
     return found.group(1).decode() if found else None
@@ -260,7 +261,9 @@ class CampusLanes:
                 self._last_spool = asyncio.get_running_loop().time()
                 for h in batch:
                     h.ack()
-                    if self._on_kept is not None and (kept := kept_event_id(h.topic, h.payload)):
+                    if self._on_kept is None:
+                        continue
+                    if kept := kept_event_id(h.campus, h.topic, h.payload):
                         self._on_kept((h.campus, kept))
                 self.stats.spilled_messages += len(batch)
                 self._generation += 1
