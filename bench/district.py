@@ -76,7 +76,7 @@ def account(c: int) -> str:
 
 
 PUBLISHER = r"""
-import json, random, sys, time
+import json, random, sys, threading, time
 import paho.mqtt.client as mqtt
 from datetime import UTC, datetime
 from ulid import ULID
@@ -91,8 +91,36 @@ def now(): return datetime.now(UTC).isoformat()
 c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-edges-{index}")
 c.max_inflight_messages_set(1000)
 c.max_queued_messages_set(0)
+# As the real edge does: an alarm is kept until the gateway's receipt names it (a broker that
+# restarts drops what it had queued for a gateway not yet back), and sent again after 10 s.
+pending, lock, subscribed = {}, threading.Lock(), threading.Event()
+counts = {"resent": 0}
+def on_connect(client, userdata, flags, reason_code, properties):
+    client.subscribe("cg/v1/+/down/receipt", qos=1)
+def on_subscribe(client, userdata, mid, reason_codes, properties):
+    subscribed.set()
+def on_message(client, userdata, msg):
+    try:
+        ids = json.loads(msg.payload)["ids"]
+    except (ValueError, KeyError, TypeError):
+        return
+    with lock:
+        for i in ids:
+            pending.pop(i, None)
+def resend(older_than):
+    t = time.monotonic()
+    with lock:
+        due = [(i, r) for i, r in pending.items() if t - r[2] >= older_than]
+        for i, r in due:
+            r[2] = t
+    for i, r in due:
+        c.publish(r[0], r[1], qos=1)
+        counts["resent"] += 1
+c.on_connect, c.on_subscribe, c.on_message = on_connect, on_subscribe, on_message
 c.connect("127.0.0.1", port, keepalive=30)
 c.loop_start()
+if not subscribed.wait(30):
+    sys.exit("no SUBACK for the receipt topic in 30 s")
 for cam in campuses:
     c.publish(f"cg/v1/{cam}/up/edge", json.dumps({"v": 1, "campus": cam, "edge": "edge-1",
               "online": True, "ts": now(), "version": "bench"}), qos=1, retain=True)
@@ -106,6 +134,7 @@ alarms, seqs, zones = [], {}, {}
 sent = {"status": 0, "telemetry": 0, "points": 0, "alarms": 0}
 t0 = time.monotonic()
 next_burst = burst_every / 2 + index * burst_every / max(nproc, 1) / 2
+next_resend = 1.0
 si = ti = 0
 period = 0
 while True:
@@ -156,12 +185,25 @@ while True:
                   "text": "panic button pressed"}
             payload = json.dumps(ev)
             t = time.monotonic()
+            with lock:
+                pending[ev["id"]] = [f"cg/v1/{cam}/up/event", payload, t]
             c.publish(f"cg/v1/{cam}/up/event", payload, qos=1)
             alarms.append((cam, zones[cam], t))
             sent["alarms"] += 1
+    if el >= next_resend:
+        next_resend += 1.0
+        resend(10.0)
     time.sleep(0.005)
-while len(c._out_messages) > 0 and time.monotonic() - t0 < duration + 30:
+while time.monotonic() - t0 < duration + 60:
+    with lock:
+        waiting = len(pending)
+    if waiting == 0 and len(c._out_messages) == 0:
+        break
+    resend(10.0)
     time.sleep(0.05)
+with lock:
+    unreceipted = len(pending)
+sent |= {"resent": counts["resent"], "unreceipted": unreceipted}
 json.dump({"sent": sent, "alarms": alarms}, open(out, "w"))
 print("done", flush=True)
 c.loop_stop()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import subprocess
@@ -81,6 +82,15 @@ class Sampler:
         ts = [x["t"] / 3600 for x in late]
         rss = [x[f"{name}_rss_mib"] for x in late]
         slope = statistics.linear_regression(ts, rss).slope if len(late) > 2 else float("nan")
+        # Growth that levels off (caches filling) against growth that goes on: the second half.
+        half = late[len(late) // 2 :]
+        slope2 = (
+            statistics.linear_regression(
+                [x["t"] / 3600 for x in half], [x[f"{name}_rss_mib"] for x in half]
+            ).slope
+            if len(half) > 2
+            else float("nan")
+        )
         return {
             "restarts": len(pids) - 1,
             "rss_first_mib": round(rows[0][f"{name}_rss_mib"], 1),
@@ -88,6 +98,7 @@ class Sampler:
             "rss_end_mib": round(rows[-1][f"{name}_rss_mib"], 1),
             "rss_max_mib": round(max(x[f"{name}_rss_mib"] for x in rows), 1),
             "rss_slope_mib_per_h": round(slope, 2),
+            "rss_slope_second_half_mib_per_h": round(slope2, 2),
             "fds_at_warm_up": int(late[0][f"{name}_fds"]),
             "fds_end": int(rows[-1][f"{name}_fds"]),
             "fds_max": int(max(x[f"{name}_fds"] for x in rows)),
@@ -137,11 +148,13 @@ def start_publishers(port: int, args: argparse.Namespace, tmp: Path) -> list[tup
     return out
 
 
-def district_check(r: Rig, results: list[Path]) -> dict[str, Any]:
+def district_check(r: Rig, results: list[dict[str, Any]]) -> dict[str, Any]:
     """Every district alarm at the police once: (account, zone) of each sent alarm."""
     sent: Counter[tuple[str, int]] = Counter()
-    for path in results:
-        data = json.loads(path.read_text())
+    resent = unreceipted = 0
+    for data in results:
+        resent += int(data["sent"].get("resent", 0))
+        unreceipted += int(data["sent"].get("unreceipted", 0))
         for cam, zone, _t in data["alarms"]:
             sent[(account(int(cam.split("-")[1])), int(zone))] += 1
     got: Counter[tuple[str, int]] = Counter()
@@ -152,7 +165,13 @@ def district_check(r: Rig, results: list[Path]) -> dict[str, Any]:
             got[(m.account, cid.zone)] += 1
     missing = sum(max(0, n - got[k]) for k, n in sent.items())
     twice = sum(max(0, got[k] - n) for k, n in sent.items())
-    return {"sent": sum(sent.values()), "missing": missing, "more_than_sent": twice}
+    return {
+        "sent": sum(sent.values()),
+        "missing": missing,
+        "more_than_sent": twice,
+        "resent_for_lack_of_receipt": resent,
+        "unreceipted_at_end": unreceipted,
+    }
 
 
 async def soak(args: argparse.Namespace) -> dict[str, Any]:
@@ -194,11 +213,17 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             for proc, _ in pubs:
                 await asyncio.to_thread(proc.wait, args.fault_every + 120)
         results = check_quietly(r)
+        # The publishers stop once every alarm has its receipt (stored at the centre); the relay
+        # may still be delivering the last of them.
+        outs = [json.loads(p.read_text()) for _, p in pubs]
+        with contextlib.suppress(TimeoutError):
+            await r.police.wait_for(lambda: district_check(r, outs)["missing"] == 0, timeout=60)
+        dc = district_check(r, outs)
         return {
             "duration_s": round(time.monotonic() - t0),
             "faults": k,
             "campus": results,
-            "district": district_check(r, [p for _, p in pubs]),
+            "district": dc,
             "gateway": sampler.verdict("gateway"),
             "edge": sampler.verdict("edge"),
             "samples": sampler.rows,
