@@ -472,6 +472,17 @@ class Outbox:
 
         return await self._run(work)
 
+    async def any_waiting(self) -> bool:
+        """Whether any message that needs a receipt is on disk (sent or not yet)."""
+
+        def work() -> bool:
+            row = self.db.execute(
+                "SELECT 1 FROM outbox WHERE receipt_key IS NOT NULL LIMIT 1"
+            ).fetchone()
+            return row is not None
+
+        return await self._run(work)
+
     async def resend_all_unconfirmed(self) -> None:
         """After a reconnect: whatever still waits for a receipt may have died with the broker."""
 

@@ -65,7 +65,8 @@ class Uplink(Service):
         self.on_state: Callable[[bool], None] | None = None
         self._closing = False
         self._sessions = 0
-        """Connections made so far (the first of the process is not gated: see ``_drain``)."""
+        """Connections made so far (the first of the process is gated only over a backlog:
+        see ``_drain``)."""
         # Retained state (device status): only the newest value matters and it is rebuilt
         # from the devices after a restart, so it lives in memory, not in the fsynced outbox.
         self._retained: dict[str, bytes] = {}
@@ -201,13 +202,17 @@ class Uplink(Service):
         restarts). So until the first receipt only the oldest event waiting for one is sent,
         again every ``PROBE_S``; messages that need no receipt go as usual. A centre that sends
         no receipt for ``GATE_S`` (none running, or that event refused) does not hold the rest.
+
+        The first connection of the process is held the same way when events wait on disk: an
+        edge killed and restarted (or one that starts while its link or the broker is away)
+        may come back while the gateways are not subscribed yet, as in the slow fault suite's
+        "all faults at once" (116 alarms of a backlog behind later ones). A first connection
+        with nothing waiting is not held: at the edge's start the gateways have long been
+        subscribed, and a tool standing in for them (``campusguard bollard send`` watching for
+        the outcome) need not answer receipts.
         """
         self._sessions += 1
-        # Not the first connection of the process: at the edge's start the gateways have long
-        # been subscribed, and a tool standing in for them (``campusguard bollard send``
-        # watching for the outcome) need not answer receipts. A reconnect is when the broker
-        # (or the link) went away and the gateways may not be subscribed again yet.
-        proven = self._sessions == 1
+        proven = self._sessions == 1 and not await self._outbox.any_waiting()
         gate_until = time.monotonic() + GATE_S
         while True:
             self._outbox.changed.clear()

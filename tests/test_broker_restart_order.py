@@ -66,3 +66,45 @@ async def test_alarms_published_before_the_gateway_resubscribes_keep_their_order
     n, twice, disorder = gateway_exactly_once(tmp_path / "gw" / "campusguard.db", police)
     assert (n, twice) == (5, [])
     assert disorder == [], disorder
+
+
+async def test_an_edge_restarted_with_a_backlog_holds_it_until_a_gateway_listens(
+    tmp_path: Path,
+) -> None:
+    """The slow fault suite's "all faults at once": the edge was killed and came back (a new
+    process, its first connection) with alarms queued on disk while the broker had restarted
+    and the gateway was not subscribed yet; the backlog went to nobody, and came again 10 s
+    later behind alarms pressed after it (116 of 587)."""
+    broker = Mosquitto(tmp_path / "mosquitto")
+    broker.start()
+    try:
+        async with DIModuleSimulator("adam-6050") as sim, PoliceReceiver(udp=False) as police:
+            cfg = gateway_config(tmp_path, broker.port, police.tcp_port)
+            ecfg = edge_config(tmp_path, broker.port, sim.port)
+            async with run_edge(ecfg) as edge:
+                async with run_gateway(cfg) as gw:
+                    await wait_for(gw.mqtt.connected.is_set)
+                    await wait_for(edge.uplink.connected.is_set)
+                    await press(sim)
+                    await police.wait_for(lambda: len(police.alarms) >= 2, timeout=10)
+                broker.stop()
+                await wait_for(lambda: not edge.uplink.connected.is_set(), 10, "edge offline")
+                for _ in range(3):
+                    await press(sim)  # queued on the edge's disk
+                await wait_for(lambda: edge.outbox.depth >= 6, 5, "the backlog on disk")
+            # A new edge process on the same disk; the broker is back without the gateway's
+            # subscription.
+            broker.start()
+            async with run_edge(ecfg) as edge:
+                await wait_for(edge.uplink.connected.is_set, 20, "edge up")
+                await asyncio.sleep(0.5)  # what the edge sends now has no subscriber
+                async with run_gateway(cfg) as gw:
+                    await wait_for(gw.mqtt.connected.is_set)
+                    await press(sim)  # at once: well before a 10 s resend of the backlog
+                    await police.wait_for(lambda: len(police.alarms) >= 10, timeout=30)
+                    await asyncio.sleep(1.0)  # anything twice or late would show now
+    finally:
+        broker.stop()
+    n, twice, disorder = gateway_exactly_once(tmp_path / "gw" / "campusguard.db", police)
+    assert (n, twice) == (5, [])
+    assert disorder == [], disorder
