@@ -39,6 +39,7 @@ import yaml
 from contract.config import (
     CameraConfig,
     ConfigError,
+    DatabaseConfig,
     Dc09Path,
     EdgeConfig,
     GatewayConfig,
@@ -127,6 +128,7 @@ def secrets_of(cfg: EdgeConfig | GatewayConfig) -> list[str]:
         from sqlalchemy.engine import make_url
 
         grab(lambda: make_url(cfg.database.url).password)  # type: ignore[arg-type]
+        grab(cfg.database.secret)
         if cfg.dc09 is not None:
             grab(cfg.dc09.key_text)
         if cfg.influxdb is not None:
@@ -725,7 +727,7 @@ def _sqlite_missing(path: Path, shown: str) -> Check | None:
     return ok("database", f"{shown}: does not exist yet; created with the schema at start")
 
 
-async def check_database(url: str, wait: float) -> Check:
+async def check_database(db: DatabaseConfig, wait: float) -> Check:
     from alembic.config import Config
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
@@ -735,6 +737,10 @@ async def check_database(url: str, wait: float) -> Check:
     from gateway.store.db import MIGRATIONS, make_engine
 
     name = "database"
+    try:
+        url = db.connect_url()
+    except OSError as exc:
+        return fail(name, f"database.password_file: {_why(exc)}", "make it readable by this user")
     u = make_url(url)
     shown = u.render_as_string(hide_password=True)
     if u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:"):
@@ -1094,7 +1100,7 @@ async def run_checks(cfg: EdgeConfig | GatewayConfig, path: Path, wait: float) -
             jobs.append((f"camera {cam.id}", check_camera(cam, i, wait), 8 * wait))
     else:
         jobs.append(("mqtt broker", check_mqtt(cfg.mqtt, wait, []), 4 * wait))
-        jobs.append(("database", check_database(cfg.database.url, wait), 3 * wait))
+        jobs.append(("database", check_database(cfg.database, wait), 3 * wait))
         if cfg.dc09 is not None:
             for which in ("primary", "backup"):
                 p = getattr(cfg.dc09, which)

@@ -54,7 +54,7 @@ def _run(cfg: GatewayConfig, job: Callable[[AccountStore], Awaitable[T]]) -> T:
     from gateway.store.db import make_engine, migrate
 
     async def main() -> T:
-        engine = make_engine(cfg.database.url)
+        engine = make_engine(cfg.database.connect_url())
         try:
             await migrate(engine)
             return await job(AccountStore(engine))

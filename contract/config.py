@@ -17,6 +17,7 @@ from datetime import datetime
 from datetime import time as dtime
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -28,6 +29,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     ValidationInfo,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -919,17 +921,58 @@ class EdgeConfig(Strict):
 # --- gateway --------------------------------------------------------------------------------
 
 
+_URL_PASSWORD = re.compile(r"^([a-z0-9+]+://[^:/@]*):([^@]*)@")
+
+
+def url_without_password(url: str) -> str:
+    """The URL as it may be shown: its password (if any) replaced by ``***``."""
+    return _URL_PASSWORD.sub(r"\1:***@", url, count=1)
+
+
 class DatabaseConfig(Strict):
     url: str = Field(
         "sqlite+aiosqlite:///var/gateway/campusguard.db",
-        description="SQLAlchemy async URL: sqlite+aiosqlite:///path or postgresql+asyncpg://...",
+        description="SQLAlchemy async URL: sqlite+aiosqlite:///path or "
+        "postgresql+asyncpg://user@host/db (the password in password or password_file)",
     )
+    password: SecretStr | None = Field(
+        None, description="PostgreSQL password: use ${ENV} or password_file; not in url"
+    )
+    password_file: Path | None = None
 
     @model_validator(mode="after")
     def _driver(self) -> DatabaseConfig:
         if not self.url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
             raise ValueError("url must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+        if self.password is not None or self.password_file is not None:
+            if self.url.startswith("sqlite"):
+                raise ValueError("password / password_file: SQLite has no password")
+            if _URL_PASSWORD.match(self.url):
+                raise ValueError("the password is in url too: give it in one place only")
+            if not re.match(r"^[a-z0-9+]+://[^:/@]+@", self.url):
+                raise ValueError(
+                    "password needs a user name in url (postgresql+asyncpg://user@...)"
+                )
         return self
+
+    @field_serializer("url")
+    def _url_shown(self, url: str) -> str:
+        # A dump of the config (JSON, YAML, an API) never carries the password, as SecretStr.
+        return url_without_password(url)
+
+    def secret(self) -> str | None:
+        if self.password is None and self.password_file is None:
+            return None
+        return _read_secret(self.password, self.password_file)
+
+    def connect_url(self) -> str:
+        """The URL to connect with: ``url`` with the password from password / password_file."""
+        secret = self.secret()
+        if secret is None:
+            return self.url
+        scheme, rest = self.url.split("://", 1)
+        user, host = rest.split("@", 1)
+        return f"{scheme}://{user}:{quote(secret, safe='')}@{host}"
 
 
 class Dc09Path(Strict):

@@ -90,7 +90,7 @@ def _dc09_sender(cfg: GatewayConfig, on_health: HealthCallback) -> DC09Sender | 
 @contextlib.asynccontextmanager
 async def run_gateway(cfg: GatewayConfig) -> AsyncIterator[GatewayRuntime]:
     cfg.gateway.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(cfg.database.url)
+    engine = make_engine(cfg.database.connect_url())
     store: Store | None = None
     try:
         await migrate(engine)
