@@ -771,14 +771,22 @@ def certs_signing_key(
 @config_app.command("check")
 def config_check(
     path: Path,
-    kind: Annotated[str, typer.Option(help="edge or gateway")] = "edge",
+    kind: Annotated[
+        str | None, typer.Option(help="edge or gateway (default: from the file's keys)")
+    ] = None,
 ) -> None:
     """Validate a config file; exit 2 with one clear message if it is wrong."""
-    if kind == "edge":
+    from campusguard.doctor import detect_kind
+
+    if kind not in (None, "edge", "gateway"):
+        typer.echo("campusguard: --kind must be edge or gateway", err=True)
+        raise typer.Exit(2)
+    chosen = kind or detect_kind(path)
+    if chosen == "edge":
         _load_edge(path)
     else:
         _load(path, GatewayConfig)
-    typer.echo(f"{path}: ok")
+    typer.echo(f"{path}: ok ({chosen} config)")
 
 
 def _stable(node: Any, in_default: bool = False) -> Any:

@@ -238,3 +238,21 @@ def test_an_unknown_video_time_zone_is_a_config_error() -> None:
     }
     with pytest.raises(ConfigError, match=r"cameras\[0\]\.video\.timezone.*unknown time zone"):
         parse_config(data, EdgeConfig, "edge.yaml")
+
+
+def test_config_check_tells_a_gateway_file_from_an_edge_file() -> None:
+    """No ``--kind`` needed: a gateway file checked as an edge's gave a wrong message."""
+    gw = _check(ROOT / "config" / "gateway.example.yaml")
+    assert gw.returncode == 0, gw.stderr
+    assert gw.stdout.strip().endswith("ok (gateway config)")
+    edge = _check(ROOT / "config" / "edge.example.yaml")
+    assert edge.stdout.strip().endswith("ok (edge config)")
+    wrong = subprocess.run(
+        [sys.executable, "-m", "campusguard.cli", "config", "check", "--kind", "gatway", "x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert wrong.returncode == 2
+    assert "--kind must be edge or gateway" in wrong.stderr
