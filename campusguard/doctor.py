@@ -773,7 +773,9 @@ async def check_database(db: DatabaseConfig, wait: float) -> Check:
         )
         lower = text.lower()
         if "password" in lower or "authentication" in lower:
-            fix = "database.url: the user and password (CG_DB_PASSWORD) PostgreSQL expects"
+            fix = (
+                "the user in database.url and database.password (CG_DB_PASSWORD) PostgreSQL expects"
+            )
         elif "role" in lower and "does not exist" in lower:
             fix = f"create the user: `sudo -u postgres createuser -P {u.username}` or fix the URL"
         elif "does not exist" in lower:

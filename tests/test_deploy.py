@@ -88,7 +88,10 @@ def test_compose_configs_validate(compose: dict[str, Any], monkeypatch: pytest.M
         with monkeypatch.context() as mp:
             gws[name] = load_as(services[name], GatewayConfig, HOST_ENV, mp)
     gw, gw2 = gws["gateway"], gws["gateway-2"]
-    assert gw.database.url == "postgresql+asyncpg://campusguard:db-pw@postgres/campusguard"
+    assert gw.database.url == "postgresql+asyncpg://campusguard@postgres/campusguard"
+    assert (
+        gw.database.connect_url() == "postgresql+asyncpg://campusguard:db-pw@postgres/campusguard"
+    )
     assert gw.mqtt.host == "mosquitto" and gw.mqtt.port == 1883
     assert gw.influxdb is not None
     assert (gw.influxdb.api, gw.influxdb.url) == ("v2", "http://influxdb:8086")
