@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from edge.daemon import run_edge
+from contract.config import GatewayConfig
+from edge.daemon import EdgeRuntime, run_edge
 from gateway.service import run_gateway
 from simulators.modbus_io import DIModuleSimulator
 from simulators.police import PoliceReceiver
@@ -31,6 +32,37 @@ async def press(sim: DIModuleSimulator) -> None:
     await wait_for(lambda: not sim.latched(0), timeout=5)
 
 
+async def first_alarm(
+    cfg: GatewayConfig, edge: EdgeRuntime, sim: DIModuleSimulator, police: PoliceReceiver
+) -> None:
+    """A press through a running gateway to the police; the gateway then goes away."""
+    async with run_gateway(cfg) as gw:
+        await wait_for(gw.mqtt.connected.is_set)
+        await wait_for(edge.uplink.connected.is_set)
+        await press(sim)
+        await police.wait_for(lambda: len(police.alarms) >= 2, timeout=10)
+
+
+async def gateway_back_then_press(
+    cfg: GatewayConfig, sim: DIModuleSimulator, police: PoliceReceiver
+) -> None:
+    """The gateway comes back and a button is pressed at once: well before a 10 s resend of
+    what the edge sent to nobody. Five presses in all reach the police."""
+    async with run_gateway(cfg) as gw:
+        await wait_for(gw.mqtt.connected.is_set)
+        await press(sim)
+        await police.wait_for(lambda: len(police.alarms) >= 10, timeout=30)
+        await asyncio.sleep(1.0)  # anything twice or late would show now
+
+
+def five_once_in_order(tmp_path: Path, police: PoliceReceiver) -> None:
+    """Five presses, each an alarm then its restore; through the gateway's records, each police
+    message is its alarm, once, and no alarm came after a later one of the button."""
+    n, twice, disorder = gateway_exactly_once(tmp_path / "gw" / "campusguard.db", police)
+    assert (n, twice) == (5, [])
+    assert disorder == [], disorder
+
+
 async def test_alarms_published_before_the_gateway_resubscribes_keep_their_order(
     tmp_path: Path,
 ) -> None:
@@ -40,11 +72,7 @@ async def test_alarms_published_before_the_gateway_resubscribes_keep_their_order
         async with DIModuleSimulator("adam-6050") as sim, PoliceReceiver(udp=False) as police:
             cfg = gateway_config(tmp_path, broker.port, police.tcp_port)
             async with run_edge(edge_config(tmp_path, broker.port, sim.port)) as edge:
-                async with run_gateway(cfg) as gw:
-                    await wait_for(gw.mqtt.connected.is_set)
-                    await wait_for(edge.uplink.connected.is_set)
-                    await press(sim)
-                    await police.wait_for(lambda: len(police.alarms) >= 2, timeout=10)
+                await first_alarm(cfg, edge, sim, police)
                 # The gateway is away while the broker restarts: the broker forgets its shared
                 # subscription, and the edge is back before the gateway subscribes again.
                 broker.stop()
@@ -54,18 +82,10 @@ async def test_alarms_published_before_the_gateway_resubscribes_keep_their_order
                 for _ in range(3):
                     await press(sim)
                 await asyncio.sleep(0.5)  # what the edge sends now has no subscriber
-                async with run_gateway(cfg) as gw:
-                    await wait_for(gw.mqtt.connected.is_set)
-                    await press(sim)  # at once: well before a 10 s resend of the earlier ones
-                    await police.wait_for(lambda: len(police.alarms) >= 10, timeout=30)
-                    await asyncio.sleep(1.0)  # anything twice or late would show now
+                await gateway_back_then_press(cfg, sim, police)
     finally:
         broker.stop()
-    # Five presses, each an alarm then its restore; through the gateway's records, each police
-    # message is its alarm, once, and no alarm came after a later one of the button.
-    n, twice, disorder = gateway_exactly_once(tmp_path / "gw" / "campusguard.db", police)
-    assert (n, twice) == (5, [])
-    assert disorder == [], disorder
+    five_once_in_order(tmp_path, police)
 
 
 async def test_an_edge_restarted_with_a_backlog_holds_it_until_a_gateway_listens(
@@ -82,11 +102,7 @@ async def test_an_edge_restarted_with_a_backlog_holds_it_until_a_gateway_listens
             cfg = gateway_config(tmp_path, broker.port, police.tcp_port)
             ecfg = edge_config(tmp_path, broker.port, sim.port)
             async with run_edge(ecfg) as edge:
-                async with run_gateway(cfg) as gw:
-                    await wait_for(gw.mqtt.connected.is_set)
-                    await wait_for(edge.uplink.connected.is_set)
-                    await press(sim)
-                    await police.wait_for(lambda: len(police.alarms) >= 2, timeout=10)
+                await first_alarm(cfg, edge, sim, police)
                 broker.stop()
                 await wait_for(lambda: not edge.uplink.connected.is_set(), 10, "edge offline")
                 for _ in range(3):
@@ -98,13 +114,7 @@ async def test_an_edge_restarted_with_a_backlog_holds_it_until_a_gateway_listens
             async with run_edge(ecfg) as edge:
                 await wait_for(edge.uplink.connected.is_set, 20, "edge up")
                 await asyncio.sleep(0.5)  # what the edge sends now has no subscriber
-                async with run_gateway(cfg) as gw:
-                    await wait_for(gw.mqtt.connected.is_set)
-                    await press(sim)  # at once: well before a 10 s resend of the backlog
-                    await police.wait_for(lambda: len(police.alarms) >= 10, timeout=30)
-                    await asyncio.sleep(1.0)  # anything twice or late would show now
+                await gateway_back_then_press(cfg, sim, police)
     finally:
         broker.stop()
-    n, twice, disorder = gateway_exactly_once(tmp_path / "gw" / "campusguard.db", police)
-    assert (n, twice) == (5, [])
-    assert disorder == [], disorder
+    five_once_in_order(tmp_path, police)
