@@ -12,9 +12,10 @@ import io
 import json
 import re
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiomqtt
 import httpx
@@ -496,7 +497,9 @@ async def test_admin_manages_users_tokens_and_reads_the_audit(
         await page.wait_for_url("**outcome=failed**")
         await expect(entries).to_have_count(1)
         # Dates: today is in, a day long past is not.
-        today = await page.evaluate("new Date().toISOString().slice(0, 10)")
+        # The page reads the days in the reports' zone (Asia/Shanghai here), not UTC: from
+        # 16:00 UTC on, UTC's date is the day before Shanghai's.
+        today = datetime.now(ZoneInfo(gw.cfg.telemetry.report_timezone)).date().isoformat()
         await page.goto(base(gw) + f"/admin?user=newbie&start={today}&end={today}")
         await expect(entries.first).to_be_visible()
         await page.goto(base(gw) + "/admin?user=newbie&start=2001-01-01&end=2001-01-31")
