@@ -138,6 +138,9 @@ class Outbox:
         self.reserve_spent = False
         """The reserve was given back to store events: the disk is (or was) full."""
         self._reserve_checked = 0.0
+        self.backlog_at_open = False
+        """Messages that need a receipt were on disk when the outbox was opened: left by an
+        earlier run of the edge (killed, restarted) that the centre may never have seen."""
 
     async def __aenter__(self) -> Self:
         self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,6 +161,10 @@ class Outbox:
         conn.executescript(_SCHEMA)
         self._conn = conn
         self._depth = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        self.backlog_at_open = (
+            conn.execute("SELECT 1 FROM outbox WHERE receipt_key IS NOT NULL LIMIT 1").fetchone()
+            is not None
+        )
         self._make_reserve()
 
     def _make_reserve(self) -> None:
@@ -467,17 +474,6 @@ class Outbox:
         def work() -> bool:
             row = self.db.execute(
                 "SELECT 1 FROM outbox WHERE receipt_key=? LIMIT 1", (receipt_key,)
-            ).fetchone()
-            return row is not None
-
-        return await self._run(work)
-
-    async def any_waiting(self) -> bool:
-        """Whether any message that needs a receipt is on disk (sent or not yet)."""
-
-        def work() -> bool:
-            row = self.db.execute(
-                "SELECT 1 FROM outbox WHERE receipt_key IS NOT NULL LIMIT 1"
             ).fetchone()
             return row is not None
 

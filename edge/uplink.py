@@ -203,16 +203,16 @@ class Uplink(Service):
         again every ``PROBE_S``; messages that need no receipt go as usual. A centre that sends
         no receipt for ``GATE_S`` (none running, or that event refused) does not hold the rest.
 
-        The first connection of the process is held the same way when events wait on disk: an
-        edge killed and restarted (or one that starts while its link or the broker is away)
+        The first connection of the process is held the same way when events of an earlier run
+        waited on disk at the start (``Outbox.backlog_at_open``): an edge killed and restarted
         may come back while the gateways are not subscribed yet, as in the slow fault suite's
         "all faults at once" (116 alarms of a backlog behind later ones). A first connection
-        with nothing waiting is not held: at the edge's start the gateways have long been
+        without such a backlog is not held: at the edge's start the gateways have long been
         subscribed, and a tool standing in for them (``campusguard bollard send`` watching for
         the outcome) need not answer receipts.
         """
         self._sessions += 1
-        proven = self._sessions == 1 and not await self._outbox.any_waiting()
+        proven = self._sessions == 1 and not self._outbox.backlog_at_open
         gate_until = time.monotonic() + GATE_S
         while True:
             self._outbox.changed.clear()
